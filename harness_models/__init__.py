@@ -1,0 +1,1 @@
+"""Thin lm-eval model adapters over `melora` (the `melora` lm-eval model)."""

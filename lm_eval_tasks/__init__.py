@@ -1,0 +1,1 @@
+"""Task YAMLs for lm-evaluation-harness: the paper's in-distribution and distribution-shift sets."""
