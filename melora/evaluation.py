@@ -1,12 +1,21 @@
 """Score rendered examples with a model: choice probabilities per question, then ACC / ECE / NLL / Brier.
 
-The same code computes validation metrics during training and the zero-shot numbers of `melora zero-shot`;
-the lm-eval tasks compute the same metrics with `melora.metrics` from lm-eval's log-likelihoods.
+The same code computes validation metrics during training and the numbers of `melora zero-shot`; the lm-eval tasks
+compute the same metrics with `melora.metrics` from lm-eval's log-likelihoods.
+
+Posterior samples: with `samples = S > 0` on a model with Bayesian layers (Me-LoRA, BLoB), each question is
+repeated `S` times in one batched forward, sample `s` of a question drawing its weights from
+`row_seed(stable_seed(seed, doc_id), s)`, and the `S` choice distributions are averaged (`average`, default the
+posterior predictive `probs`). The numbers therefore depend on the seed and the documents only, not on the batch
+size. `samples = 0` evaluates the posterior mean. With `mc_dropout`, the LoRA dropout layers stay active and the
+`S` passes differ by their dropout masks (drawn from torch's RNG, seeded per batch: reproducible for a fixed batch
+size only).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -14,13 +23,40 @@ import torch
 from tqdm.auto import tqdm
 
 from melora.metrics import summarize
+from melora.predictive import average_log_probs
 from melora.readout import choice_log_probs, collate
+from melora.seeding import stable_seed
 
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
     from melora.protocol import Example
+
+
+def has_bayesian_layers(model: torch.nn.Module) -> bool:
+    """True when `model` holds Me-LoRA or BLoB layers (without importing PEFT for a plain model)."""
+    import sys
+
+    if "melora.adapters.sampling" not in sys.modules and "peft" not in sys.modules:
+        return False
+    from melora.adapters.sampling import bayesian_adapters
+
+    return bool(bayesian_adapters(model))
+
+
+@contextmanager
+def lora_dropout_active(model: torch.nn.Module) -> Iterator[None]:
+    """Keep the LoRA dropout layers in training mode (MC dropout) inside the block; restore them after."""
+    dropouts = [m for name, m in model.named_modules() if "lora_dropout" in name and isinstance(m, torch.nn.Dropout)]
+    previous = [m.training for m in dropouts]
+    try:
+        for m in dropouts:
+            m.train()
+        yield
+    finally:
+        for m, was in zip(dropouts, previous):
+            m.train(was)
 
 
 @torch.no_grad()
@@ -30,47 +66,82 @@ def predict_probs(
     examples: Sequence[Example],
     *,
     batch_size: int = 8,
+    samples: int = 0,
+    seed: int = 0,
+    average: str = "probs",
+    mc_dropout: bool = False,
     progress: bool | str = False,
 ) -> list[np.ndarray]:
     """Choice probabilities of each example (float64 vectors, one per example, in order).
 
     Args:
-        model: a causal LM (or a PEFT model over one) in the state it should be evaluated in.
+        model: a causal LM, or a PEFT model over one.
         tokenizer: its tokenizer.
         examples: rendered examples (`melora.protocol.load_examples`).
-        batch_size: questions per forward.
+        batch_size: forward rows per call; with `S` samples, `max(1, batch_size // S)` questions per call.
+        samples: posterior (or dropout) samples per question; 0 = posterior mean / deterministic.
+        seed: run seed of the posterior samples.
+        average: `probs` or `logits` (see `melora.predictive`).
+        mc_dropout: keep LoRA dropout active (MC dropout baseline).
         progress: show a progress bar (a string is used as its label).
     """
     if batch_size < 1:
         raise ValueError(f"Expected `batch_size` to be a positive int, but got {batch_size!r}.")
+    if samples < 0:
+        raise ValueError(f"Expected `samples` to be >= 0, but got {samples!r}.")
+    bayesian = has_bayesian_layers(model)
+    n_samples = samples if (samples > 0 and (bayesian or mc_dropout)) else 1
+    per_call = max(1, batch_size // n_samples)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     out: list[np.ndarray] = []
-    starts = range(0, len(examples), batch_size)
+    starts = range(0, len(examples), per_call)
     bar = tqdm(starts, desc=progress if isinstance(progress, str) else "scoring", disable=not progress, leave=False)
     try:
-        for start in bar:
-            chunk = examples[start : start + batch_size]
-            batch = collate(chunk, tokenizer).to(device)
-            log_probs = choice_log_probs(model, batch).double().cpu()
-            for row, ex in zip(log_probs, chunk):
-                out.append(row[: len(ex.answers)].exp().numpy())
+        with lora_dropout_active(model) if mc_dropout else nullcontext():
+            for start in bar:
+                chunk = examples[start : start + per_call]
+                batch = collate(chunk, tokenizer).to(device)
+                log_probs = _sampled_log_probs(
+                    model, batch, chunk, n_samples, seed, bayesian and samples > 0, bayesian, start
+                )
+                averaged = average_log_probs(log_probs.view(len(chunk), n_samples, -1), average, dim=1).cpu()
+                for row, ex in zip(averaged, chunk):
+                    out.append(row[: len(ex.answers)].exp().numpy())
     finally:
         model.train(was_training)
     return out
+
+
+def _sampled_log_probs(model, batch, chunk, n_samples, seed, sample, bayesian, start) -> torch.Tensor:
+    """(B * S, K) choice log-probs: rows doc-major, sample `s` of doc `b` at row `b * S + s`."""
+    if n_samples > 1:
+        batch = batch.repeat_rows(n_samples)
+    if sample:
+        from melora.adapters.sampling import sample_seeds, sampling
+
+        doc_seeds = [stable_seed(seed, ex.doc_id) for ex in chunk]
+        context = sampling(model, "sample", seeds=sample_seeds(doc_seeds, n_samples))
+    elif bayesian:
+        from melora.adapters.sampling import sampling
+
+        context = sampling(model, "mean")
+    else:
+        torch.manual_seed(stable_seed(seed, "dropout", start))
+        context = nullcontext()
+    with context:
+        return choice_log_probs(model, batch)
 
 
 def evaluate_examples(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     examples: Sequence[Example],
-    *,
-    batch_size: int = 8,
-    progress: bool | str = False,
+    **kwargs,
 ) -> dict[str, float]:
-    """`acc`, `ece`, `nll`, `brier` (and `n`) of `model` on `examples`."""
-    probs = predict_probs(model, tokenizer, examples, batch_size=batch_size, progress=progress)
+    """`acc`, `ece`, `nll`, `brier` (and `n`) of `model` on `examples`; `kwargs` go to `predict_probs`."""
+    probs = predict_probs(model, tokenizer, examples, **kwargs)
     metrics = summarize(probs, [ex.gold for ex in examples])
     metrics["n"] = len(examples)
     return metrics
