@@ -12,4 +12,5 @@ SUBCOMMANDS: dict[str, str] = {
     "download-data": "melora.commands.download_data:DownloadDataCommand",
     "params": "melora.commands.params:ParamsCommand",
     "zero-shot": "melora.commands.zero_shot:ZeroShotCommand",
+    "report": "melora.commands.report:ReportCommand",
 }
