@@ -1,1 +1,31 @@
-"""Thin lm-eval model adapters over `melora` (the `melora` lm-eval model)."""
+"""Thin lm-eval model adapters over `melora`: the `melora` lm-eval model (`harness_models.melora_lm.MeloraLM`).
+
+lm-eval finds the model by name (`lm_eval --model melora`), through the `lm_eval.models` entry point or, with lm-eval
+0.4.13, `melora/lm_eval_plugin.py`. Names here are imported lazily: `import harness_models` imports neither lm-eval
+nor torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+
+_LAZY: dict[str, str] = {
+    "AdapterSet": "harness_models.adapter_set",
+    "MeloraLM": "harness_models.melora_lm",
+    "doc_seed": "harness_models.melora_lm",
+    "resolve_adapter": "harness_models.adapter_set",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'harness_models' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
