@@ -114,3 +114,116 @@ def _child(payload: str) -> None:
     cfg = TrainConfig(**spec["cfg"])
     result = time_training_steps(cfg, spec["steps"], spec["warmup"])
     print(json.dumps(result))
+
+
+def write_bench_adapter(model_path: str, out: Path, rank: int = 8, seed: int = 0) -> Path:
+    """A Me-LoRA adapter on `model_path` with small random B and H (an untrained stand-in of the right shape)."""
+    import peft
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from melora.adapters import MeLoraConfig
+
+    torch.manual_seed(seed)
+    model = peft.get_peft_model(
+        AutoModelForCausalLM.from_pretrained(model_path),
+        MeLoraConfig(r=rank, lora_alpha=2 * rank, target_modules=["q_proj", "v_proj"]),
+    )
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.02)
+    model.save_pretrained(out)
+    return out
+
+
+def _requests(task_names: list[str], limit: int) -> list:
+    """lm-eval loglikelihood requests of the first `limit` documents of each `melora_*` task."""
+    from lm_eval.tasks import TaskManager, get_task_dict
+
+    import lm_eval_tasks
+
+    manager = TaskManager(include_path=str(Path(lm_eval_tasks.__file__).parent), include_defaults=False)
+    requests = []
+    for task in get_task_dict(task_names, manager).values():
+        task.build_all_requests(limit=limit, rank=0, world_size=1)
+        requests += list(task.instances)
+    return requests
+
+
+def bench_eval(
+    model_path: str, adapter: str, task_names: list[str], limit: int, samples: int, batch_size: int, device: str
+) -> dict[str, Any]:
+    """Documents per second of `hf`, `melora` at `samples=1` and at `samples=S`, on the same requests.
+
+    Only `loglikelihood` over the prepared requests is timed (model loading and task building are not), after one
+    untimed warm-up batch, so the ratios compare the models' own work.
+    """
+    from lm_eval.models.huggingface import HFLM
+
+    from harness_models.melora_lm import MeloraLM
+
+    requests = _requests(task_names, limit)
+    n_docs = len({(r.task_name, r.doc_id) for r in requests})
+    candidates = {
+        "hf": lambda: HFLM(pretrained=model_path, batch_size=batch_size, device=device),
+        "melora_s1": lambda: MeloraLM(
+            pretrained=model_path, adapter=adapter, samples=1, batch_size=batch_size, device=device
+        ),
+        f"melora_s{samples}": lambda: MeloraLM(
+            pretrained=model_path, adapter=adapter, samples=samples, batch_size=batch_size, device=device
+        ),
+    }
+    out: dict[str, Any] = {"documents": n_docs, "requests": len(requests), "tasks": task_names}
+    for name, build in candidates.items():
+        lm = build()
+        lm.loglikelihood(requests[:batch_size], disable_tqdm=True)  # warm-up
+        start = time.perf_counter()
+        lm.loglikelihood(requests, disable_tqdm=True)
+        seconds = time.perf_counter() - start
+        out[name] = {"seconds": seconds, "docs_per_s": n_docs / seconds}
+        del lm
+    hf = out["hf"]["seconds"]
+    out["melora_s1"]["time_ratio_to_hf"] = out["melora_s1"]["seconds"] / hf
+    out[f"melora_s{samples}"]["time_ratio_to_hf"] = out[f"melora_s{samples}"]["seconds"] / hf
+    out[f"melora_s{samples}"]["time_ratio_to_S_times_hf"] = out[f"melora_s{samples}"]["seconds"] / (samples * hf)
+    out["samples"] = samples
+    return out
+
+
+def format_table(result: dict) -> str:
+    """The measurements as a Markdown table (medians and ratios)."""
+    train = result["train"]
+    lines = [
+        f"model {result['model']} on {result['device']} ({result['threads']} threads)",
+        "",
+        "| method | step (s, median) | x LoRA | peak memory (MiB) | x LoRA | trainable params | adapter bytes "
+        "| x LoRA |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name in ("lora", "melora", "blob"):
+        r = train[name]
+
+        def ratio(key: str, r: dict = r) -> str:
+            return f"{r[key]:.3f}" if key in r else "1"
+
+        lines.append(
+            f"| {name} | {r['step_s_median']:.3f} | {ratio('step_time_ratio_to_lora')} | "
+            f"{r['peak_memory_bytes'] / 2**20:.0f} | {ratio('peak_memory_ratio_to_lora')} | "
+            f"{r['trainable_params']:,} | {r['adapter_file_bytes']:,} | {ratio('adapter_file_ratio_to_lora')} |"
+        )
+    if "eval" in result:
+        ev, s = result["eval"], result["eval"]["samples"]
+        lines += [
+            "",
+            f"evaluation: {ev['documents']} documents ({', '.join(ev['tasks'])})",
+            "",
+            "| model | seconds | docs/s | x hf | x S*hf |",
+            "|---|---|---|---|---|",
+            f"| hf | {ev['hf']['seconds']:.2f} | {ev['hf']['docs_per_s']:.2f} | 1 | |",
+            f"| melora samples=1 | {ev['melora_s1']['seconds']:.2f} | {ev['melora_s1']['docs_per_s']:.2f} | "
+            f"{ev['melora_s1']['time_ratio_to_hf']:.3f} | |",
+            f"| melora samples={s} | {ev[f'melora_s{s}']['seconds']:.2f} | {ev[f'melora_s{s}']['docs_per_s']:.2f} "
+            f"| {ev[f'melora_s{s}']['time_ratio_to_hf']:.3f} | {ev[f'melora_s{s}']['time_ratio_to_S_times_hf']:.3f} |",
+        ]
+    return "\n".join(lines)
