@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 
 def load_test_split(
-    melora_task: str, pretrained: Any = None, tokenizer: Any = None, **kwargs: Any
+    melora_task: str, pretrained: Any = None, tokenizer: Any = None, answer_format: str = "letters", **kwargs: Any
 ) -> datasets.DatasetDict:
     """The rendered test split of one task, as a `datasets.DatasetDict` with a single `test` split.
 
@@ -41,12 +41,15 @@ def load_test_split(
 
     Args:
         melora_task (`str`): the protocol's task name (`arc_c`), from the YAML's `dataset_kwargs`.
+        answer_format (`str`): `letters` or `cloze` (the `*_cloze` tasks), from the YAML's `dataset_kwargs`.
         pretrained: the model_args' `pretrained` (a path or hub id), or `None`.
         tokenizer: the model_args' `tokenizer`, or `None`.
 
     Returns:
         `datasets.DatasetDict`: `test` rows with `prompt`, `choices` (the answer strings, leading space included),
-        `gold` (index) and `doc_id` (`<task>/test/<row>`).
+        `gold` (index) and `doc_id` (`<task>/test/<row>`); for the cloze format also `contexts` (`prompt` plus each
+        choice's unscored context: WinoGrande's option in the blank) and `answer` (the continuation WinoGrande
+        scores, the same for both options), which lm-eval's multiple-input mode reads.
 
     Raises:
         melora.errors.DataNotFoundError: the data is available neither from the hub nor under `MELORA_DATA_DIR`.
@@ -56,10 +59,16 @@ def load_test_split(
     from melora.protocol import get_task, load_examples
 
     spec = get_task(melora_task)
-    examples = load_examples(spec, "test", tokenizer=_tokenizer(_tokenizer_source(pretrained, tokenizer)))
+    examples = load_examples(
+        spec, "test", tokenizer=_tokenizer(_tokenizer_source(pretrained, tokenizer)), answer_format=answer_format
+    )
     rows = [
         {"prompt": ex.prompt, "choices": list(ex.answers), "gold": ex.gold, "doc_id": ex.doc_id} for ex in examples
     ]
+    if answer_format == "cloze":
+        for row, ex in zip(rows, examples):
+            row["contexts"] = [context for context, _ in ex.scored_pairs()]
+            row["answer"] = ex.answers[0]
     return datasets.DatasetDict({"test": datasets.Dataset.from_list(rows)})
 
 

@@ -86,3 +86,28 @@ def test_aggregations_match_netcal_and_a_direct_brier():
     assert utils.ece([it["ece"] for it in items]) == pytest.approx(ECE(bins=15).measure(probs, labels), abs=1e-9)
     expected_brier = np.mean(((probs - np.eye(4)[labels]) ** 2).sum(axis=1))
     assert utils.brier([it["brier"] for it in items]) == pytest.approx(expected_brier)
+
+
+def test_cloze_tasks_and_groups_are_indexed():
+    from lm_eval.tasks import TaskManager
+
+    tm = TaskManager(include_path=str(TASKS_DIR), include_defaults=False)
+    assert set(tm.all_subtasks) >= {f"{protocol.TASKS[t].lm_eval_name}_cloze" for t in protocol.TASKS}
+    assert {"melora_id_cloze", "melora_ood_cloze"} <= set(tm.all_groups)
+
+
+def test_cloze_requests_are_the_protocols_scored_pairs(embedded_model_path):
+    from lm_eval.tasks import TaskManager, get_task_dict
+
+    tm = TaskManager(include_path=str(TASKS_DIR), include_defaults=False)
+    tasks = get_task_dict(["melora_wgs_cloze", "melora_arc_e_cloze"], tm)
+    for name, task_name in (("melora_wgs_cloze", "wgs"), ("melora_arc_e_cloze", "arc_e")):
+        task = tasks[name]
+        task.build_all_requests(limit=3, rank=0, world_size=1)
+        examples = protocol.load_examples(task_name, "test", limit=3, answer_format="cloze")
+        for ex in examples:
+            doc_index = int(ex.doc_id.rsplit("/", 1)[1])
+            pairs = [tuple(i.args) for i in sorted(task.instances, key=lambda i: i.idx) if i.doc_id == doc_index]
+            assert pairs == ex.scored_pairs()
+    wg = protocol.load_examples("wgs", "test", limit=1, answer_format="cloze")[0]
+    assert len(set(wg.answers)) == 1 and wg.contexts[0] != wg.contexts[1]  # one continuation, two contexts
