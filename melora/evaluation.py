@@ -10,6 +10,16 @@ posterior predictive `probs`). The numbers therefore depend on the seed and the 
 size. `samples = 0` evaluates the posterior mean. With `mc_dropout`, the LoRA dropout layers stay active and the
 `S` passes differ by their dropout masks (drawn from torch's RNG, seeded per batch: reproducible for a fixed batch
 size only).
+
+Multi-token answers (the cloze format): the posterior predictive of a choice is the mean over samples of that
+sample's probability of the whole answer text, `log mean_s exp(sum_t log p_s(token_t))`, then normalised over the
+question's choices: `p(k) = mean_s P_s(a_k) / sum_j mean_s P_s(a_j)`, which is what lm-eval computes from the
+`melora` model's per-request log-likelihoods. Each sample `s` of a question is one packed row holding the prompt and
+every choice (`melora.cloze_readout`), so all choices of a question are scored with the same weight sample; the
+summed log-likelihoods are averaged over samples before the normalisation. Averaging per-token distributions first
+would be a different (and wrong) quantity. In the letter format the per-sample read-out is already normalised over
+the choices and is averaged as it is (single tokens: the two orders of "sum over tokens" and "mean over samples"
+coincide).
 """
 
 from __future__ import annotations
@@ -22,9 +32,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from melora.cloze_readout import ClozeBatch, choice_sequence_log_probs
 from melora.metrics import summarize
 from melora.predictive import average_log_probs
-from melora.readout import choice_log_probs, collate
+from melora.readout import choice_log_probs, collate_examples
 from melora.seeding import stable_seed
 
 
@@ -102,11 +113,12 @@ def predict_probs(
         with lora_dropout_active(model) if mc_dropout else nullcontext():
             for start in bar:
                 chunk = examples[start : start + per_call]
-                batch = collate(chunk, tokenizer).to(device)
+                batch = collate_examples(chunk, tokenizer).to(device)
                 log_probs = _sampled_log_probs(
                     model, batch, chunk, n_samples, seed, bayesian and samples > 0, bayesian, start
-                )
-                averaged = average_log_probs(log_probs.view(len(chunk), n_samples, -1), average, dim=1).cpu()
+                )  # (B * S, K)
+                averaged = average_log_probs(log_probs.view(len(chunk), n_samples, -1), average, dim=1)  # (B, K)
+                averaged = torch.log_softmax(averaged, dim=-1).cpu()  # normalised over the choices after averaging
                 for row, ex in zip(averaged, chunk):
                     out.append(row[: len(ex.answers)].exp().numpy())
     finally:
@@ -115,7 +127,14 @@ def predict_probs(
 
 
 def _sampled_log_probs(model, batch, chunk, n_samples, seed, sample, bayesian, start) -> torch.Tensor:
-    """(B * S, K) choice log-probs: rows doc-major, sample `s` of doc `b` at row `b * S + s`."""
+    """(B * S, K) per-sample answer log-likelihoods, not normalised over the choices; rows doc-major, sample `s` of
+    doc `b` at row `b * S + s`.
+
+    Letters: the answer token's full-vocabulary log-probability. Cloze: the summed log-likelihood of the answer's
+    tokens, one packed row per (question, sample), so the row's seed gives one weight sample to the prompt and every
+    choice. Either way the samples are averaged first and the choices normalised after, which is lm-eval's order
+    (the `melora` lm-eval model computes the same numbers).
+    """
     if n_samples > 1:
         batch = batch.repeat_rows(n_samples)
     if sample:
@@ -131,7 +150,9 @@ def _sampled_log_probs(model, batch, chunk, n_samples, seed, sample, bayesian, s
         torch.manual_seed(stable_seed(seed, "dropout", start))
         context = nullcontext()
     with context:
-        return choice_log_probs(model, batch)
+        if isinstance(batch, ClozeBatch):
+            return choice_sequence_log_probs(model, batch)
+        return choice_log_probs(model, batch, normalise=False)
 
 
 def evaluate_examples(

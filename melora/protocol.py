@@ -4,11 +4,24 @@ Nothing else in the project renders a prompt. For each task of DESIGN §3 a `Tas
 and how a row becomes an `Example`: a prompt ending in the answer cue, the answer strings (each one token
 after the prompt) and the gold index.
 
-Format ("letters", the paper's and the default): the question, its choices as `A) ...` lines, then
-`Answer:`; the answer is read from the single next token, `" A"`, `" B"`, ... (BoolQ: `" False"`,
-`" True"`, with gold = `int(answer)`: index 1 is True, the fix of BLoB's swapped columns). Choices are
-rendered `LETTER) text` (BLoB renders `text) LETTER`), every choice of a question is kept, and the softmax
-runs over that question's own choices only (3, 4 or 5 for ARC).
+Answer formats (`ANSWER_FORMATS`, chosen per run; the lm-eval task of the cloze format is `melora_<task>_cloze`):
+
+- `letters` (the paper's, the default): the question, its choices as `A) ...` lines, then `Answer:`; the answer is
+  read from the single next token, `" A"`, `" B"`, ... (BoolQ: `" False"`, `" True"`, with gold = `int(answer)`:
+  index 1 is True, the fix of BLoB's swapped columns). Choices are rendered `LETTER) text` (BLoB renders
+  `text) LETTER`), every choice of a question is kept, and the softmax runs over that question's own choices only
+  (3, 4 or 5 for ARC).
+- `cloze` (for small models, and lm-eval's own ARC / OBQA style): each choice's text is scored as the continuation
+  of the prompt, by the sum of its tokens' log-likelihoods (`melora.cloze_readout`); answers may be several tokens.
+  ARC, OBQA, MMLU: prompt `Question: {question}\nAnswer:`, answers `" " + choice text` (lm-eval's `arc_easy`).
+  BoolQ: prompt `{passage}\nQuestion: {question}?\nAnswer:`, answers `" no"`, `" yes"` (lm-eval's `boolq`; index 1
+  is yes = True, as in the letter format). WinoGrande (lm-eval's `winogrande`, "partial scoring"): the prompt is the
+  sentence up to the blank, each option is substituted into the blank as a per-choice *context* (`" " + option`,
+  conditioned on but not scored), and the scored answer is the rest of the sentence after the blank, the same text
+  for both options. lm-eval renders the context as `sentence[:blank] + option` and the target as
+  `" " + rest.strip()`; here the space before the blank moves from the prompt into the context so that prompt,
+  context and answer each start cleanly at a word boundary, which gives the same concatenated text (every WinoGrande
+  blank is written ` _ `).
 
 Splits (DESIGN §5). The official test split is only touched for final numbers; validation is disjoint from
 train and test:
@@ -24,7 +37,8 @@ train and test:
 
 Long inputs: a prompt longer than `max_length` tokens (300, the paper's) is shortened inside its long field
 (BoolQ: the end of the passage; other tasks: the start of the question), never in the choices or the answer
-cue, so the read-out position always follows `Answer:`.
+cue, so the read-out position always follows `Answer:`. The budget counts the prompt plus one answer token
+(letters) or plus the longest context + answer of the question (cloze).
 """
 
 from __future__ import annotations
@@ -48,10 +62,13 @@ SPLIT_SEED = 0
 DEFAULT_MAX_LENGTH = 300
 """Maximum prompt length in tokens, answer token included (paper Table 7)."""
 
-ANSWER_FORMATS = ("letters",)
+ANSWER_FORMATS = ("letters", "cloze")
+"""`letters`: one answer token per choice (the paper's, the default); `cloze`: each choice's text is the answer."""
 LETTERS = "ABCDEFGHIJ"
 MCQ_HEADER = "Return the label of the correct answer for the question below."
 BOOLQ_HEADER = "Read the passage below and answer the question with the words 'true' or 'false'."
+BOOLQ_CLOZE_ANSWERS = (" no", " yes")
+"""BoolQ's cloze answers, index 1 = True (lm-eval's `boolq` scores `no` / `yes`)."""
 ELLIPSIS = "..."
 
 
@@ -59,17 +76,44 @@ ELLIPSIS = "..."
 class Example:
     """One rendered question.
 
+    Choice `k` is scored as `log p(answers[k] | prompt + contexts[k])`: the prompt is shared by every choice,
+    `contexts[k]` is conditioned on but not scored (WinoGrande cloze: the option put into the blank), and
+    `answers[k]` is the scored continuation.
+
     Attributes:
-        prompt (`str`): the text up to and including the answer cue (no trailing space).
-        answers (`tuple[str, ...]`): the continuations scored after the prompt, one per choice (`" A"`, ...).
+        prompt (`str`): the shared text, up to and including the answer cue (no trailing space).
+        answers (`tuple[str, ...]`): the continuations scored, one per choice, with their leading space
+            (`" A"`, ... in the letter format; `" " + choice text` in the cloze format).
         gold (`int`): index of the correct answer in `answers`.
         doc_id (`str`): a stable identifier of the source row (task, split, row index).
+        contexts (`tuple[str, ...]`): per-choice text between the prompt and the answer, conditioned on but not
+            scored; `()` means none (every context empty).
+        answer_format (`str`): the format the example was rendered in (`letters` or `cloze`).
+
+    Example:
+        >>> ex = Example("Sarah beat Maria so", (" she won.", " she won."), 0, "x", (" Sarah", " Maria"), "cloze")
+        >>> ex.scored_pairs()[1]
+        ('Sarah beat Maria so Maria', ' she won.')
     """
 
     prompt: str
     answers: tuple[str, ...]
     gold: int
     doc_id: str
+    contexts: tuple[str, ...] = ()
+    answer_format: str = "letters"
+
+    def context(self, k: int) -> str:
+        """The unscored text between the prompt and answer `k` (`""` when there is none)."""
+        return self.contexts[k] if self.contexts else ""
+
+    def scored_pairs(self) -> list[tuple[str, str]]:
+        """`(context, continuation)` per choice, as lm-eval's `loglikelihood` requests take them.
+
+        The context is `prompt + contexts[k]`, the continuation `answers[k]`; lm-eval's log-likelihood of the pair
+        is the sum over the continuation's tokens, which is what `melora.cloze_readout` computes.
+        """
+        return [(self.prompt + self.context(k), answer) for k, answer in enumerate(self.answers)]
 
 
 @dataclass(frozen=True)
@@ -206,15 +250,23 @@ def render(
         doc_id: identifier stored in the example.
         tokenizer: when given, the prompt is shortened (inside its long field) so prompt + answer fits in
             `max_length` tokens. Without it the prompt is never cut.
-        max_length: token budget of prompt plus answer token.
-        answer_format: `letters` (the paper's).
+        max_length: token budget of prompt plus answer token (letters), or of prompt plus the longest context and
+            answer of the question (cloze).
+        answer_format: `letters` (the paper's, the default) or `cloze` (see the module docstring).
 
     Raises:
         ProtocolError: unknown answer format, or a row whose gold label cannot be read.
+
+    Example:
+        >>> row = {"question": "Which is hot?", "choices": ["fire", "ice"], "answer": 0}
+        >>> render("mmlu_chem", row, answer_format="cloze").scored_pairs()
+        [('Question: Which is hot?\\nAnswer:', ' fire'), ('Question: Which is hot?\\nAnswer:', ' ice')]
     """
     spec = task if isinstance(task, TaskSpec) else get_task(task)
     if answer_format not in ANSWER_FORMATS:
         raise ProtocolError(f"Unknown answer format {answer_format!r}. Available: {', '.join(ANSWER_FORMATS)}.")
+    if answer_format == "cloze":
+        return _render_cloze(spec, row, doc_id, tokenizer, max_length)
     if spec.kind == "boolq":
         body, build, keep = row["passage"], lambda passage: _boolq_prompt(passage, row["question"]), "head"
         answers, gold = (" False", " True"), int(bool(row["answer"]))
@@ -255,30 +307,101 @@ def _boolq_prompt(passage: str, question: str) -> str:
 
 
 def _fit(
-    tokenizer: PreTrainedTokenizerBase, build: Callable[[str], str], body: str, keep: str, max_length: int
+    tokenizer: PreTrainedTokenizerBase,
+    build: Callable[[str], str],
+    body: str,
+    keep: str,
+    max_length: int,
+    reserve: int | Callable[[str], int] = 1,
 ) -> str:
-    """Shorten `body` until `build(body)` plus one answer token fits in `max_length` tokens.
+    """Shorten `body` until `build(body)` plus `reserve` answer tokens fits in `max_length` tokens.
 
     `keep="head"` keeps the start of the body (a passage), `"tail"` its end (a question, whose last sentence
-    is usually the one asked).
+    is usually the one asked). `reserve` is 1 (one answer token, the letter format) or, for the cloze format, a
+    function of the full prompt giving the tokens of the longest context + answer after it.
     """
     prompt = build(body)
     n_tokens = len(tokenizer(prompt).input_ids)
-    if n_tokens + 1 <= max_length:
+    if callable(reserve):
+        reserve = reserve(prompt)
+    if n_tokens + reserve <= max_length:
         return prompt
     ids = tokenizer(body, add_special_tokens=False).input_ids
     fixed = n_tokens - len(ids)
-    if fixed + 1 + 4 > max_length:
-        raise ProtocolError(f"max_length={max_length} cannot hold even the fixed part of the prompt ({fixed} tokens).")
-    keep_n = max_length - fixed - 1 - 2  # room for the ellipsis
+    if fixed + reserve + 4 > max_length:
+        answers = "" if reserve == 1 else f" and the longest choice ({reserve} tokens)"
+        raise ProtocolError(
+            f"max_length={max_length} cannot hold even the fixed part of the prompt ({fixed} tokens){answers}."
+        )
+    keep_n = max_length - fixed - reserve - 2  # room for the ellipsis
     while keep_n > 0:
         part = ids[:keep_n] if keep == "head" else ids[-keep_n:]
         text = tokenizer.decode(part).strip()
         candidate = build(text + " " + ELLIPSIS if keep == "head" else ELLIPSIS + " " + text)
-        if len(tokenizer(candidate).input_ids) + 1 <= max_length:
+        if len(tokenizer(candidate).input_ids) + reserve <= max_length:
             return candidate
         keep_n -= 4
     raise ProtocolError(f"Could not fit the prompt into max_length={max_length} tokens.")
+
+
+def _render_cloze(
+    spec: TaskSpec,
+    row: dict[str, Any],
+    doc_id: str,
+    tokenizer: PreTrainedTokenizerBase | None,
+    max_length: int,
+) -> Example:
+    """The cloze form of a row (see the module docstring): shared prompt, per-choice contexts, scored answers."""
+    if spec.kind == "boolq":
+        question = row["question"]
+        body, build, keep = row["passage"], lambda passage: _boolq_cloze_prompt(passage, question), "head"
+        contexts, answers, gold = ("", ""), BOOLQ_CLOZE_ANSWERS, int(bool(row["answer"]))
+    elif spec.kind == "winogrande":
+        body, contexts, answers, gold = _winogrande_cloze_fields(row)
+        build, keep = (lambda before: before), "tail"
+    else:
+        question, choices, gold = _mcq_fields(spec, row)
+        contexts, answers = ("",) * len(choices), tuple(f" {text.strip()}" for text in choices)
+        body, build, keep = question, _cloze_question_prompt, "tail"
+    if tokenizer is None:
+        prompt = build(body)
+    else:
+
+        def longest_choice(prompt: str) -> int:
+            base = len(tokenizer(prompt).input_ids)
+            return max(len(tokenizer(prompt + c + a).input_ids) - base for c, a in zip(contexts, answers))
+
+        prompt = _fit(tokenizer, build, body, keep, max_length, reserve=longest_choice)
+    return Example(prompt=prompt, answers=answers, gold=gold, doc_id=doc_id, contexts=contexts, answer_format="cloze")
+
+
+def _cloze_question_prompt(question: str) -> str:
+    return f"Question: {question.strip()}\nAnswer:"
+
+
+def _boolq_cloze_prompt(passage: str, question: str) -> str:
+    question = question.strip()
+    return f"{passage.strip()}\nQuestion: {question}{'' if question.endswith('?') else '?'}\nAnswer:"
+
+
+def _winogrande_cloze_fields(row: dict[str, Any]) -> tuple[str, tuple[str, str], tuple[str, str], int]:
+    """(prompt, contexts, answers, gold) of a WinoGrande row: options in the blank, the rest of the sentence scored.
+
+    The whitespace around the blank goes to the start of the context and of the answer, so each piece starts at a
+    word boundary and `prompt + context + answer` is the sentence with the option filled in.
+    """
+    sentence = row["sentence"]
+    if "_" not in sentence:
+        raise ProtocolError(f"WinoGrande sentence without a blank '_': {sentence!r}.")
+    blank = sentence.index("_")
+    before, after = sentence[:blank], sentence[blank + 1 :]
+    prompt = before.rstrip()
+    lead = " " if before != prompt and prompt else ""
+    answer = (" " + after.strip()) if after[:1].isspace() else after.rstrip()
+    if not answer.strip():
+        raise ProtocolError(f"WinoGrande sentence with nothing to score after its blank: {sentence!r}.")
+    contexts = (lead + row["option1"].strip(), lead + row["option2"].strip())
+    return prompt, contexts, (answer, answer), int(row["answer"]) - 1
 
 
 def load_examples(
@@ -313,10 +436,11 @@ def load_examples(
 
 
 def answer_token_ids(tokenizer: PreTrainedTokenizerBase, example: Example) -> list[int]:
-    """Token id of each answer string, as it is tokenised right after the prompt.
+    """Token id of each answer string, as it is tokenised right after the prompt (letter format).
 
     The id is read from the tokenisation of `prompt + answer` (the way lm-eval scores a continuation), so a
-    tokenizer that merges the answer with the cue, or splits it, is caught.
+    tokenizer that merges the answer with the cue, or splits it, is caught. Cloze answers are token sequences:
+    see `choice_token_ids`.
 
     Raises:
         ProtocolError: an answer is not exactly one token after the prompt, for this tokenizer.
@@ -335,8 +459,53 @@ def answer_token_ids(tokenizer: PreTrainedTokenizerBase, example: Example) -> li
     return ids
 
 
-def check_tokenizer(tokenizer: PreTrainedTokenizerBase, tasks: Sequence[str] = tuple(TASKS)) -> None:
-    """Fail at start, not mid-run, if any answer of the given tasks is not one token for `tokenizer`."""
+def choice_token_ids(tokenizer: PreTrainedTokenizerBase, example: Example) -> tuple[list[int], list[tuple[int, int]]]:
+    """Token ids of the prompt, and per choice the (context, answer) token counts that follow it.
+
+    Tokenised as lm-eval does a `(context, continuation)` pair: the prompt alone, then `prompt + context + answer`
+    as a whole, the choice's tokens being what follows the prompt's; the context's share is read the same way from
+    `prompt + context`. A prompt that tokenises to nothing (a tokenizer without BOS) starts with the BOS or EOS
+    token, as lm-eval's empty-context rule does.
+
+    Returns:
+        `(prompt_ids, segments)`: `segments[k] = (ids, n_context)`: the tokens after the prompt for choice `k` and
+        how many of them are its unscored context.
+
+    Raises:
+        ProtocolError: an answer tokenises to nothing after its context.
+    """
+    prompt_ids = list(tokenizer(example.prompt).input_ids)
+    if not prompt_ids:
+        start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+        if start is None:
+            raise ProtocolError("An empty prompt needs a BOS or EOS token to condition on; the tokenizer has neither.")
+        prompt_ids = [start]
+    segments = []
+    for k, answer in enumerate(example.answers):
+        context = example.context(k)
+        whole = tokenizer(example.prompt + context + answer).input_ids
+        n_prefix = len(tokenizer(example.prompt).input_ids)
+        ids = list(whole[n_prefix:])
+        n_context = len(tokenizer(example.prompt + context).input_ids) - n_prefix if context else 0
+        if len(ids) <= n_context:
+            raise ProtocolError(
+                f"Answer {answer!r} of {example.doc_id or 'an example'} has no token after its context {context!r}."
+            )
+        segments.append((ids, n_context))
+    return prompt_ids, segments
+
+
+def check_tokenizer(
+    tokenizer: PreTrainedTokenizerBase, tasks: Sequence[str] = tuple(TASKS), answer_format: str = "letters"
+) -> None:
+    """Fail at start, not mid-run, if any answer of the given tasks is not one token for `tokenizer`.
+
+    Only the letter format needs single-token answers; with `answer_format="cloze"` there is nothing to check.
+    """
+    if answer_format not in ANSWER_FORMATS:
+        raise ProtocolError(f"Unknown answer format {answer_format!r}. Available: {', '.join(ANSWER_FORMATS)}.")
+    if answer_format == "cloze":
+        return
     probes = {
         "mcq": Example(
             "Question: x\nChoices:\nA) a\nB) b\nC) c\nD) d\nE) e\nAnswer:", tuple(f" {c}" for c in "ABCDE"), 0, ""

@@ -7,6 +7,10 @@ renormalised over them (choice-normalised probabilities).
 
 Batches are right-padded to the longest prompt of the batch (dynamic padding); only the logits of the last
 positions are computed (`logits_to_keep`), so memory does not grow with the vocabulary times the length.
+
+The cloze format's read-out (multi-token answers, the prompt shared by the choices) is `melora.cloze_readout`;
+`collate_examples` and `normalised_choice_log_probs` pick the read-out from the examples' `answer_format`, so
+training and evaluation serve both formats through the same two calls.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from melora.cloze_readout import ClozeBatch, choice_sequence_log_probs, collate_cloze
+from melora.errors import ProtocolError
 from melora.protocol import Example, answer_token_ids
 
 
@@ -82,11 +88,13 @@ def collate(examples: Sequence[Example], tokenizer: PreTrainedTokenizerBase) -> 
     )
 
 
-def choice_log_probs(model: PreTrainedModel, batch: ChoiceBatch) -> torch.Tensor:
+def choice_log_probs(model: PreTrainedModel, batch: ChoiceBatch, normalise: bool = True) -> torch.Tensor:
     """Choice-normalised log-probabilities `(B, K)` in float32 (`-inf` on padded choices).
 
     The model is called once on the whole batch (through its own `forward`, so DDP and PEFT wrappers see the
-    call); gradients flow when the caller has them enabled.
+    call); gradients flow when the caller has them enabled. With `normalise=False` the answer tokens keep their
+    full-vocabulary log-probabilities (what lm-eval's log-likelihood of the answer is), for averaging over posterior
+    samples before the choices are normalised.
     """
     width = batch.input_ids.shape[1]
     keep = int(width - batch.last_index.min().item())  # logits of the positions from the shortest prompt's end
@@ -96,4 +104,27 @@ def choice_log_probs(model: PreTrainedModel, batch: ChoiceBatch) -> torch.Tensor
     vocab_log_probs = torch.log_softmax(logits.float(), dim=-1)  # (B, V)
     answer = vocab_log_probs.gather(1, batch.choice_ids)  # (B, K)
     answer = answer.masked_fill(~batch.choice_mask, -math.inf)
-    return torch.log_softmax(answer, dim=-1)  # renormalised over the question's own choices
+    return torch.log_softmax(answer, dim=-1) if normalise else answer  # renormalised over the question's choices
+
+
+def collate_examples(examples: Sequence[Example], tokenizer: PreTrainedTokenizerBase) -> ChoiceBatch | ClozeBatch:
+    """`collate` for letter-format examples, `melora.cloze_readout.collate_cloze` for cloze ones.
+
+    Raises:
+        ProtocolError: the examples mix answer formats.
+    """
+    formats = sorted({ex.answer_format for ex in examples})
+    if len(formats) > 1:
+        raise ProtocolError(f"Expected examples of one answer format in a batch, but got {formats}.")
+    return collate_cloze(examples, tokenizer) if formats == ["cloze"] else collate(examples, tokenizer)
+
+
+def normalised_choice_log_probs(model: PreTrainedModel, batch: ChoiceBatch | ClozeBatch) -> torch.Tensor:
+    """Choice-normalised log-probabilities `(B, K)` of either read-out (`-inf` on padded choices).
+
+    Letters: `choice_log_probs` (unchanged). Cloze: `log_softmax` over the choices of their summed answer
+    log-likelihoods (`choice_sequence_log_probs`). Training's cross-entropy is the NLL of the gold choice under it.
+    """
+    if isinstance(batch, ClozeBatch):
+        return torch.log_softmax(choice_sequence_log_probs(model, batch), dim=-1)
+    return choice_log_probs(model, batch)

@@ -35,6 +35,13 @@ class TrainConfig:
         default=None, metadata={"help": "AdamW weight decay (default: the method's; map 1e-5, others 0)"}
     )
     max_length: int = field(default=300, metadata={"help": "prompt token budget (long passages are shortened)"})
+    answer_format: str = field(
+        default="letters",
+        metadata={
+            "help": "letters (the paper's: one letter or True/False token after 'Answer:') or cloze (each choice's "
+            "text scored as the continuation, cross-entropy over the choices' summed log-likelihoods)"
+        },
+    )
     rank: int = field(default=8, metadata={"help": "LoRA rank r"})
     alpha: float = field(default=16, metadata={"help": "LoRA alpha (scaling alpha / r)"})
     dropout: float = field(default=0.1, metadata={"help": "LoRA dropout on the adapter input"})
@@ -89,6 +96,7 @@ class TrainConfig:
             (self.eval_every >= 1, "eval_every", "a positive int"),
             (self.eval_samples >= 0, "eval_samples", ">= 0"),
             (self.select_by in ("nll", "acc", "ece"), "select_by", "'nll', 'acc' or 'ece'"),
+            (self.answer_format in ("letters", "cloze"), "answer_format", "'letters' or 'cloze'"),
             (self.ensemble_size >= 1, "ensemble_size", "a positive int"),
             (self.dtype in ("auto", "float32", "bfloat16"), "dtype", "'auto', 'float32' or 'bfloat16'"),
             (bool(self.target_modules), "target_modules", "at least one module name"),
@@ -139,6 +147,10 @@ def build_parser(description: str = "", epilog: str = "") -> argparse.ArgumentPa
             from melora.methods import METHODS
 
             parser.add_argument(flag, default=f.default, choices=list(METHODS), help=help_text)
+        elif f.name == "answer_format":
+            from melora.protocol import ANSWER_FORMATS
+
+            parser.add_argument(flag, default=f.default, choices=list(ANSWER_FORMATS), help=help_text)
         elif f.name == "task":
             from melora.protocol import ID_TASKS
 

@@ -3,7 +3,9 @@
 One step, for a global batch of `--batch-size` questions split over the processes:
 
 1. NLL: cross-entropy over each question's answer tokens at the answer position (`melora.readout`, the read-out the
-   lm-eval tasks use), with one posterior sample per question for Bayesian methods. `AdamW` (lr `--lr`, linear
+   lm-eval tasks use), with one posterior sample per question for Bayesian methods. With `--answer-format cloze`:
+   cross-entropy over the choices' summed answer log-likelihoods (`melora.cloze_readout`: the prompt is run once
+   per question, packed with all its choices, and one posterior sample serves them all). `AdamW` (lr `--lr`, linear
    warm-up and decay) steps on it and updates **every trainable adapter parameter** (LoRA: A, B; Me-LoRA: A, B, M,
    H; BLoB: A, B, rho).
 2. KL (Bayesian methods): `SGD` (lr `--kl-lr`, same schedule shape) steps on `kl_weight(step) * KL` and updates
@@ -165,12 +167,17 @@ class _Trainer:
         acc.wait_for_everyone()
         model_path = resolve_model(cfg.model)
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
-        check_tokenizer(self.tokenizer, [task.name])
-        self.train_examples = load_examples(
-            task, "train", tokenizer=self.tokenizer, max_length=cfg.max_length, limit=cfg.train_limit
-        )
-        self.val_examples = load_examples(
-            task, "validation", tokenizer=self.tokenizer, max_length=cfg.max_length, limit=cfg.eval_limit
+        check_tokenizer(self.tokenizer, [task.name], answer_format=cfg.answer_format)
+        self.train_examples, self.val_examples = (
+            load_examples(
+                task,
+                split,
+                tokenizer=self.tokenizer,
+                max_length=cfg.max_length,
+                limit=limit,
+                answer_format=cfg.answer_format,
+            )
+            for split, limit in (("train", cfg.train_limit), ("validation", cfg.eval_limit))
         )
         if len(self.train_examples) < cfg.batch_size:
             raise MeloraError(
@@ -280,18 +287,20 @@ class _Trainer:
     def _step(self, step: int) -> dict[str, float]:
         from melora.adapters.kl import kl_divergence
         from melora.adapters.sampling import sampling
-        from melora.readout import choice_log_probs, collate
+        from melora.readout import collate_examples, normalised_choice_log_probs
 
         cfg, acc = self.cfg, self.accelerator
         indices = self._global_batch(step)
         per_process = cfg.batch_size // acc.num_processes
         local = indices[acc.process_index * per_process : (acc.process_index + 1) * per_process]
-        batch = collate([self.train_examples[i] for i in local], self.tokenizer).to(acc.device)
+        # letters: one row per question read at the answer position; cloze: one packed row per question (prompt
+        # once, then every choice), so the row's posterior sample serves the prompt and all its choices
+        batch = collate_examples([self.train_examples[i] for i in local], self.tokenizer).to(acc.device)
         torch.manual_seed(stable_seed(cfg.seed, "dropout", step, acc.process_index))
         seeds = [stable_seed(cfg.seed, "sample", step, i) for i in local]
         self.model.train()
         with sampling(self.unwrapped, "sample", seeds=seeds) if self.method.bayesian else nullcontext():
-            log_probs = choice_log_probs(self.model, batch)  # (b, K)
+            log_probs = normalised_choice_log_probs(self.model, batch)  # (b, K)
         nll = torch.nn.functional.nll_loss(log_probs, batch.labels)
         if not torch.isfinite(nll):
             self._diverged(step, "the NLL", nll.item())

@@ -148,3 +148,99 @@ def test_unknown_task_split_and_train_of_eval_only_task():
     with pytest.raises(ProtocolError, match="evaluation-only"):
         P.load_rows("mmlu_math", "train")
     assert P.get_task("melora_arc_c").name == "arc_c"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Cloze format
+
+# (golden file, task, test-split row index, gold index written by hand from the source row)
+CLOZE_GOLDEN_CASES = [
+    ("wgs_cloze", "wgs", 0, 1),  # WinoGrande: options in the blank as contexts, the rest of the sentence scored
+    ("arc_e_cloze", "arc_e", 0, 0),  # ARC / OBQA / MMLU: "Question: ...\nAnswer:" and each choice's text
+    ("obqa_cloze", "obqa", 0, 1),
+    ("mmlu_chem_cloze", "mmlu_chem", 0, 3),
+    ("arc_c_five_choices_cloze", "arc_c", 836, 3),
+    ("boolq_cloze", "boolq", 0, 0),  # BoolQ: " no" / " yes", index 1 = True
+]
+
+
+def _read_cloze_golden(name: str) -> tuple[str, list[str], list[str], int]:
+    text = (GOLDEN / f"{name}.txt").read_text()
+    prompt, rest = text.split("\n---contexts---\n")
+    contexts, rest = rest.split("\n---answers---\n")
+    answers, gold = rest.split("\n---gold---\n")
+    return prompt, json.loads(contexts), json.loads(answers), int(gold)
+
+
+@pytest.mark.parametrize(
+    ("golden", "task", "index", "gold"), CLOZE_GOLDEN_CASES, ids=[c[0] for c in CLOZE_GOLDEN_CASES]
+)
+def test_golden_cloze_prompt(golden, task, index, gold, smollm_tokenizer):
+    row = P.load_rows(task, "test")[index]
+    example = P.render(task, row, tokenizer=smollm_tokenizer, answer_format="cloze")
+    prompt, contexts, answers, stored_gold = _read_cloze_golden(golden)
+    assert example.prompt == prompt
+    assert list(example.contexts) == contexts
+    assert list(example.answers) == answers
+    assert example.gold == stored_gold == gold
+    assert example.answer_format == "cloze"
+
+
+def test_letters_examples_keep_their_old_fields():
+    example = P.render("obqa", P.load_rows("obqa", "test")[0])
+    assert example.answer_format == "letters" and example.contexts == ()
+    assert example.scored_pairs() == [(example.prompt, answer) for answer in example.answers]
+
+
+def test_winogrande_cloze_reassembles_the_filled_sentence(smollm_tokenizer):
+    rows = P.load_rows("wgm", "validation")[:50]
+    for row, example in zip(rows, P.load_examples("wgm", "validation", limit=50, answer_format="cloze")):
+        for k, option in enumerate((row["option1"], row["option2"])):
+            context, continuation = example.scored_pairs()[k]
+            assert context + continuation == row["sentence"].replace("_", option)
+            assert continuation.startswith(" ") and example.contexts[k] == " " + option
+        assert example.answers[0] == example.answers[1]
+        # lm-eval's winogrande: context sentence[:blank] + option, continuation " " + rest.strip(): same text
+        blank = row["sentence"].index("_")
+        assert example.answers[0] == " " + row["sentence"][blank + 1 :].strip()
+
+
+@pytest.mark.parametrize("task", ["wgs", "arc_c", "obqa", "boolq", "mmlu_phys"])
+def test_cloze_tokenisation_is_clean(task, smollm_tokenizer):
+    """Prompt, context and answer tokens concatenate to the tokenisation of the whole text."""
+    tok = smollm_tokenizer
+    for example in P.load_examples(task, "test", tokenizer=tok, limit=5, answer_format="cloze"):
+        prompt_ids, segments = P.choice_token_ids(tok, example)
+        for k, (ids, n_context) in enumerate(segments):
+            context, continuation = example.scored_pairs()[k]
+            assert prompt_ids + ids == tok(context + continuation).input_ids
+            assert tok(context).input_ids == prompt_ids + ids[:n_context]
+            assert tok.decode(ids[n_context:]) == continuation
+
+
+def test_long_cloze_inputs_keep_the_cue_and_every_choice(smollm_tokenizer):
+    tok = smollm_tokenizer
+    row = {"question": "is the sky blue", "answer": True, "passage": "The sky is blue. " * 400}
+    example = P.render("boolq", row, tokenizer=tok, max_length=120, answer_format="cloze")
+    assert example.prompt.endswith("\nQuestion: is the sky blue?\nAnswer:") and "..." in example.prompt
+    assert max(len(tok(c + a).input_ids) for c, a in example.scored_pairs()) <= 120
+    long_choice = "a very long answer " * 10
+    row = {"question": "filler words " * 300 + "Which one is red?", "choices": ["apple", long_choice], "answer": 0}
+    example = P.render("mmlu_chem", row, tokenizer=tok, max_length=100, answer_format="cloze")
+    assert example.prompt.endswith("Which one is red?\nAnswer:") and example.prompt.startswith("Question: ...")
+    assert example.answers == (" apple", " " + long_choice.strip())
+    assert max(len(tok(c + a).input_ids) for c, a in example.scored_pairs()) <= 100
+    assert len(tok(example.prompt + example.answers[1]).input_ids) > 90  # the budget is used, not wasted
+    with pytest.raises(ProtocolError, match="longest choice"):
+        P.render("mmlu_chem", {**row, "choices": ["x", long_choice * 20]}, tokenizer=tok, answer_format="cloze")
+
+
+def test_cloze_needs_no_single_token_answers_and_unknown_formats_fail(smollm_tokenizer):
+    P.check_tokenizer(smollm_tokenizer, ["arc_e"], answer_format="cloze")
+    row = P.load_rows("arc_e", "test")[0]
+    with pytest.raises(ProtocolError, match="Unknown answer format 'words'"):
+        P.render("arc_e", row, answer_format="words")
+    with pytest.raises(ProtocolError, match="Unknown answer format"):
+        P.check_tokenizer(smollm_tokenizer, ["arc_e"], answer_format="words")
+    with pytest.raises(ProtocolError, match="without a blank"):
+        P.render("wgs", {"sentence": "no blank", "option1": "a", "option2": "b", "answer": "1"}, answer_format="cloze")

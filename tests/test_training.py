@@ -274,3 +274,52 @@ def test_two_processes_equal_one_process(tmp_path, tiny_model_dir, synthetic_dat
     for key in a:
         assert torch.allclose(a[key], b[key], atol=1e-5), key
     assert not torch.equal(a[next(k for k in a if "lora_B" in k)], torch.zeros(1))  # training moved B
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Cloze answer format
+
+
+@pytest.mark.parametrize("method", ["map", "melora"])
+def test_cloze_training_learns_a_fixed_batch(method, tmp_path, tiny_model_dir, synthetic_data):
+    cfg = _config(tmp_path, tiny_model_dir, method=method, answer_format="cloze", max_steps=30, eval_every=15, lr=5e-2)
+    training.train(cfg)
+    losses = _losses(Path(cfg.output_dir))
+    assert len(losses) == cfg.max_steps
+    assert sum(losses[-5:]) / 5 < 0.9 * sum(losses[:5]) / 5, losses  # train_limit=4 = batch: a fixed batch
+    saved = json.loads((Path(cfg.output_dir) / "config.json").read_text())
+    assert saved["answer_format"] == "cloze"
+    records = list(map(json.loads, (Path(cfg.output_dir) / "metrics.jsonl").read_text().splitlines()))
+    assert [r["step"] for r in records if "val_nll" in r] == [15, 30]
+
+
+def test_cloze_step_loss_equals_the_naive_per_choice_computation(tmp_path, tiny_model_dir, synthetic_data):
+    """The first step's loss is the cross-entropy over each choice's full-sequence answer log-likelihood."""
+    cfg = _config(tmp_path, tiny_model_dir, method="map", answer_format="cloze", max_steps=2, dropout=0.0)
+    trainer = training._Trainer(cfg)
+    trainer._setup()
+    tok, model = trainer.tokenizer, trainer.unwrapped
+    examples = [trainer.train_examples[i] for i in trainer._global_batch(0)]
+    assert all(ex.answer_format == "cloze" and ex.prompt.startswith("Question: ") for ex in examples)
+    model.eval()  # dropout is 0: train and eval mode compute the same
+    losses = []
+    with torch.no_grad():
+        for ex in examples:
+            scores = []
+            for context, continuation in ex.scored_pairs():
+                ids, n_context = tok(context + continuation).input_ids, len(tok(context).input_ids)
+                log_probs = model(input_ids=torch.tensor([ids])).logits[0].float().log_softmax(-1)  # (T, V)
+                scores.append(sum(log_probs[t - 1, ids[t]] for t in range(n_context, len(ids))))
+            losses.append(-torch.stack(scores).log_softmax(0)[ex.gold])
+    logs = trainer._step(0)
+    assert logs["loss"] == pytest.approx(float(torch.stack(losses).mean()), abs=1e-5)
+
+
+def test_answer_format_flag():
+    parser = build_parser()
+    assert config_from_args(parser.parse_args([])).answer_format == "letters"
+    assert config_from_args(parser.parse_args(["--answer-format", "cloze"])).answer_format == "cloze"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--answer-format", "words"])
+    with pytest.raises(MeloraError, match="--answer-format"):
+        TrainConfig(answer_format="words")
