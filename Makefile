@@ -19,8 +19,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 main: setup
-	$(BIN)/melora prepare-model
-	$(BIN)/melora zero-shot --limit 20
+	PATH="$(CURDIR)/$(BIN):$$PATH" PYTHON=python bash scripts/main_job.sh
 
 test: setup
 	$(BIN)/melora prepare-model
