@@ -33,7 +33,7 @@ import torch
 from tqdm.auto import tqdm
 
 from melora.cloze_readout import ClozeBatch, choice_sequence_log_probs
-from melora.metrics import summarize
+from melora.metrics import normalise_log_likelihoods, summarize
 from melora.predictive import average_log_probs
 from melora.readout import choice_log_probs, collate_examples
 from melora.seeding import stable_seed
@@ -71,7 +71,7 @@ def lora_dropout_active(model: torch.nn.Module) -> Iterator[None]:
 
 
 @torch.no_grad()
-def predict_probs(
+def predict_log_likelihoods(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     examples: Sequence[Example],
@@ -81,25 +81,36 @@ def predict_probs(
     seed: int = 0,
     average: str = "probs",
     mc_dropout: bool = False,
+    doc_seeds: Sequence[int] | None = None,
     progress: bool | str = False,
 ) -> list[np.ndarray]:
-    """Choice probabilities of each example (float64 vectors, one per example, in order).
+    """Posterior-averaged log-likelihood of each choice's answer, not normalised over the choices (float64).
+
+    For a choice `k` this is `log mean_s exp(ll_s(k))` (`average="probs"`), `ll_s(k)` being the sample's
+    log-likelihood of the whole answer (one token in the letter format, the sum over its tokens in the cloze
+    format): what lm-eval's `loglikelihood` returns for the `(prompt + context, answer)` request.
 
     Args:
         model: a causal LM, or a PEFT model over one.
         tokenizer: its tokenizer.
-        examples: rendered examples (`melora.protocol.load_examples`).
+        examples: rendered examples (`melora.protocol.load_examples`), all of one answer format.
         batch_size: forward rows per call; with `S` samples, `max(1, batch_size // S)` questions per call.
         samples: posterior (or dropout) samples per question; 0 = posterior mean / deterministic.
         seed: run seed of the posterior samples.
         average: `probs` or `logits` (see `melora.predictive`).
         mc_dropout: keep LoRA dropout active (MC dropout baseline).
+        doc_seeds: one seed per example (default `stable_seed(seed, doc_id)`); sample `s` of example `i` uses
+            `row_seed(doc_seeds[i], s)`.
         progress: show a progress bar (a string is used as its label).
     """
     if batch_size < 1:
         raise ValueError(f"Expected `batch_size` to be a positive int, but got {batch_size!r}.")
     if samples < 0:
         raise ValueError(f"Expected `samples` to be >= 0, but got {samples!r}.")
+    if doc_seeds is not None and len(doc_seeds) != len(examples):
+        raise ValueError(f"Expected one doc seed per example ({len(examples)}), but got {len(doc_seeds)}.")
+    if doc_seeds is None:
+        doc_seeds = [stable_seed(seed, ex.doc_id) for ex in examples]
     bayesian = has_bayesian_layers(model)
     n_samples = samples if (samples > 0 and (bayesian or mc_dropout)) else 1
     per_call = max(1, batch_size // n_samples)
@@ -114,19 +125,39 @@ def predict_probs(
             for start in bar:
                 chunk = examples[start : start + per_call]
                 batch = collate_examples(chunk, tokenizer).to(device)
-                log_probs = _sampled_log_probs(
-                    model, batch, chunk, n_samples, seed, bayesian and samples > 0, bayesian, start
+                log_liks = _sampled_log_probs(
+                    model,
+                    batch,
+                    doc_seeds[start : start + per_call],
+                    n_samples,
+                    seed,
+                    bayesian and samples > 0,
+                    bayesian,
+                    start,
                 )  # (B * S, K)
-                averaged = average_log_probs(log_probs.view(len(chunk), n_samples, -1), average, dim=1)  # (B, K)
-                averaged = torch.log_softmax(averaged, dim=-1).cpu()  # normalised over the choices after averaging
-                for row, ex in zip(averaged, chunk):
-                    out.append(row[: len(ex.answers)].exp().numpy())
+                averaged = average_log_probs(log_liks.view(len(chunk), n_samples, -1), average, dim=1).cpu()  # (B, K)
+                out += [row[: len(ex.answers)].numpy() for row, ex in zip(averaged, chunk)]
     finally:
         model.train(was_training)
     return out
 
 
-def _sampled_log_probs(model, batch, chunk, n_samples, seed, sample, bayesian, start) -> torch.Tensor:
+def predict_probs(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    examples: Sequence[Example],
+    **kwargs,
+) -> list[np.ndarray]:
+    """Choice probabilities of each example (float64 vectors, one per example, in order).
+
+    The posterior-averaged answer log-likelihoods (`predict_log_likelihoods`, which takes the same `kwargs`) are
+    normalised over each question's own choices: samples are averaged first, choices normalised after, which is
+    lm-eval's order.
+    """
+    return [normalise_log_likelihoods(ll) for ll in predict_log_likelihoods(model, tokenizer, examples, **kwargs)]
+
+
+def _sampled_log_probs(model, batch, doc_seeds, n_samples, seed, sample, bayesian, start) -> torch.Tensor:
     """(B * S, K) per-sample answer log-likelihoods, not normalised over the choices; rows doc-major, sample `s` of
     doc `b` at row `b * S + s`.
 
@@ -140,8 +171,7 @@ def _sampled_log_probs(model, batch, chunk, n_samples, seed, sample, bayesian, s
     if sample:
         from melora.adapters.sampling import sample_seeds, sampling
 
-        doc_seeds = [stable_seed(seed, ex.doc_id) for ex in chunk]
-        context = sampling(model, "sample", seeds=sample_seeds(doc_seeds, n_samples))
+        context = sampling(model, "sample", seeds=sample_seeds(list(doc_seeds), n_samples))
     elif bayesian:
         from melora.adapters.sampling import sampling
 
