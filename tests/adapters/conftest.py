@@ -2,24 +2,12 @@
 
 from __future__ import annotations
 
-import os
+import pytest
+import torch
+
+from tests.conftest import TINY_LLAMA as TINY
 
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-
-TINY = dict(
-    vocab_size=128,
-    hidden_size=32,
-    intermediate_size=64,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=64,
-)
 TARGETS = ["q_proj", "v_proj"]
 
 
