@@ -15,8 +15,7 @@ directions, labels, units, colours) and `writer` (everything into one directory)
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from melora.lazy import lazy_exports
 
 
 _LAZY: dict[str, str] = {
@@ -39,12 +38,4 @@ _LAZY: dict[str, str] = {
 
 __all__ = sorted(_LAZY)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'melora.report' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())
