@@ -30,11 +30,14 @@ from typing import Any
 from melora.train_config import TrainConfig
 
 
-TRAIN_METHODS = {"lora": "mle", "melora": "melora", "blob": "blob"}
+# name -> (method, answer format); the rows compared with plain LoRA in the base config's format, plus LoRA in the
+# other answer format (cloze vs letters step time on the same questions).
+TRAIN_METHODS = {"lora": ("mle", None), "melora": ("melora", None), "blob": ("blob", None)}
 
 
-def _train_cfg(base: TrainConfig, method: str, out: Path) -> TrainConfig:
-    return replace(base, method=method, output_dir=str(out), overwrite=True, dropout=0.0)
+def _train_cfg(base: TrainConfig, method: str, out: Path, answer_format: str | None = None) -> TrainConfig:
+    fmt = answer_format or base.answer_format
+    return replace(base, method=method, output_dir=str(out), overwrite=True, dropout=0.0, answer_format=fmt)
 
 
 def time_training_steps(cfg: TrainConfig, steps: int, warmup: int) -> dict[str, Any]:
@@ -86,8 +89,9 @@ def bench_training(base: TrainConfig, steps: int = 10, warmup: int = 2) -> dict[
     """
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, method in TRAIN_METHODS.items():
-            cfg = _train_cfg(base, method, Path(tmp) / name)
+        other = "cloze" if base.answer_format == "letters" else "letters"
+        for name, (method, fmt) in {**TRAIN_METHODS, f"lora_{other}": ("mle", other)}.items():
+            cfg = _train_cfg(base, method, Path(tmp) / name, fmt)
             payload = json.dumps({"cfg": cfg.to_dict(), "steps": steps, "warmup": warmup})
             proc = subprocess.run(
                 [sys.executable, "-c", "import sys, melora.bench as b; b._child(sys.argv[1])", payload],
@@ -97,7 +101,7 @@ def bench_training(base: TrainConfig, steps: int = 10, warmup: int = 2) -> dict[
             )
             if proc.returncode != 0:
                 raise RuntimeError(f"benchmark of {name} failed:\n{proc.stderr[-3000:]}")
-            results[name] = json.loads(proc.stdout.strip().splitlines()[-1])
+            results[name] = {**json.loads(proc.stdout.strip().splitlines()[-1]), "answer_format": cfg.answer_format}
     lora = results["lora"]
     for name in ("melora", "blob"):
         r = results[name]
@@ -105,6 +109,9 @@ def bench_training(base: TrainConfig, steps: int = 10, warmup: int = 2) -> dict[
         r["peak_memory_ratio_to_lora"] = r["peak_memory_bytes"] / lora["peak_memory_bytes"]
         r["adapter_file_ratio_to_lora"] = r["adapter_file_bytes"] / lora["adapter_file_bytes"]
         r["trainable_params_ratio_to_lora"] = r["trainable_params"] / lora["trainable_params"]
+    for name, r in results.items():
+        if name.startswith("lora_"):  # LoRA in the other answer format: its step time against the base format's
+            r["step_time_ratio_to_lora"] = r["step_s_median"] / lora["step_s_median"]
     return results
 
 
@@ -197,18 +204,17 @@ def format_table(result: dict) -> str:
     lines = [
         f"model {result['model']} on {result['device']} ({result['threads']} threads)",
         "",
-        "| method | step (s, median) | x LoRA | peak memory (MiB) | x LoRA | trainable params | adapter bytes "
-        "| x LoRA |",
+        "| method (answer format) | step (s, median) | x LoRA | peak memory (MiB) | x LoRA | trainable params "
+        "| adapter bytes | x LoRA |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for name in ("lora", "melora", "blob"):
-        r = train[name]
+    for name, r in train.items():
 
         def ratio(key: str, r: dict = r) -> str:
             return f"{r[key]:.3f}" if key in r else "1"
 
         lines.append(
-            f"| {name} | {r['step_s_median']:.3f} | {ratio('step_time_ratio_to_lora')} | "
+            f"| {name} ({r['answer_format']}) | {r['step_s_median']:.3f} | {ratio('step_time_ratio_to_lora')} | "
             f"{r['peak_memory_bytes'] / 2**20:.0f} | {ratio('peak_memory_ratio_to_lora')} | "
             f"{r['trainable_params']:,} | {r['adapter_file_bytes']:,} | {ratio('adapter_file_ratio_to_lora')} |"
         )

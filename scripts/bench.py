@@ -25,6 +25,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", required=True, help="write all measurements to this JSON file")
     parser.add_argument("--model", default=None, help="base model (default: the embedded SmolLM2-135M)")
     parser.add_argument("--task", default="obqa", help="training task whose batches are timed (default obqa)")
+    parser.add_argument(
+        "--answer-format",
+        default="letters",
+        choices=("letters", "cloze"),
+        help="answer format of the compared methods (LoRA is also timed in the other one)",
+    )
     parser.add_argument("--batch-size", type=int, default=4, help="training batch (paper: 4)")
     parser.add_argument("--max-length", type=int, default=300, help="prompt token budget (paper: 300)")
     parser.add_argument("--steps", type=int, default=10, help="timed training steps per method (median reported)")
