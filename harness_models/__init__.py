@@ -7,8 +7,7 @@ nor torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from melora.lazy import lazy_exports
 
 
 _LAZY: dict[str, str] = {
@@ -20,12 +19,4 @@ _LAZY: dict[str, str] = {
 
 __all__ = sorted(_LAZY)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'harness_models' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())

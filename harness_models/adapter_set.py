@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from torch import nn
 
 ENSEMBLE_FILE = "ensemble.json"
-BAYESIAN_KINDS = ("melora", "blob")
+BAYESIAN_KINDS = ("melora", "blob", "laplace")  # laplace: a LAP directory (harness_models.laplace)
 
 
 @dataclass(frozen=True)
@@ -69,6 +69,12 @@ def resolve_adapter(path: str | os.PathLike) -> AdapterSet:
     from melora.adapters import adapter_kind
 
     path = os.fspath(path)
+    # --- LAP: a directory with laplace.json (harness_models.laplace) ---
+    from harness_models.laplace import is_laplace_dir, resolve_laplace
+
+    if is_laplace_dir(path):
+        return resolve_laplace(path)
+    # --- end LAP ---
     manifest = os.path.join(path, ENSEMBLE_FILE)
     if not os.path.isfile(manifest):
         return AdapterSet(path=path, kind=adapter_kind(path), members=(("default", path),))

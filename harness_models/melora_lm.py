@@ -5,7 +5,12 @@ lm_eval --model melora --model_args pretrained=PATH_OR_ID,adapter=ADAPTER_DIR,sa
 ```
 
 `MeloraLM` is lm-eval's `HFLM` (batching, `--device`, `--batch_size`, data-parallel `accelerate launch -m lm_eval`,
-`--log_samples`, caching all behave as for `--model hf`) with three overrides, each small:
+`--log_samples`, caching all behave as for `--model hf`) with four overrides, each small:
+
+- `loglikelihood` sends the documents whose answers have several tokens (cloze tasks, lm-eval's own `arc_easy`, ...)
+  to the library (`melora.evaluation.predict_log_likelihoods`) when it averages several samples or members, because
+  the predictive of a whole answer, `log mean_s exp(sum_t log p_s(token_t))`, is not the per-token average the
+  rows below compute; single-token answers (the letter format) stay on `HFLM`'s path, where the two coincide;
 
 - `_create_model` loads the adapter(s) onto the base model through the project loader, right after `HFLM` built the
   base model and before it places the model on its device;
@@ -46,10 +51,12 @@ import warnings
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 
+from harness_models import laplace as lap  # LAP route (harness_models.laplace)
 from harness_models.adapter_set import (
     AdapterSet,
     load_adapter_set,
@@ -227,6 +234,8 @@ class MeloraLM(HFLM):
             mc_dropout=self.mc_dropout,
             sampling="posterior_mean" if self.samples == 0 else "mc",
         )
+        if self.adapters is not None and self.adapters.kind == lap.LAPLACE_KIND:  # LAP (harness_models.laplace)
+            info.update(lap.model_info(self))
         return info
 
     # -- HFLM overrides ----------------------------------------------------------------------------------------
@@ -236,6 +245,84 @@ class MeloraLM(HFLM):
         super()._create_model(pretrained, *args, **kwargs)
         if self.adapters is not None:
             self._model = load_adapter_set(self._model, self.adapters)
+
+    def loglikelihood(self, requests: list, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
+        """Log-likelihood requests, averaged over posterior samples (and ensemble members) per whole answer.
+
+        The posterior predictive of an answer of several tokens is the mean over samples of that sample's
+        probability of the whole answer, `log mean_s exp(sum_t log p_s(token_t))`; averaging per-token
+        distributions first (what `_model_call` does) is a different quantity once an answer has two tokens or more.
+        So the requests of every document with a multi-token answer are scored by the library
+        (`melora.evaluation.predict_log_likelihoods`: all of a document's choices in one packed row per sample,
+        every choice seeing the same weight sample, seeded as `_model_call` seeds the document), and only the
+        documents whose answers are single tokens (the letter format) go through `HFLM`'s batching, where the two
+        quantities coincide. With one pass (no sampling, one adapter) everything goes through `HFLM`.
+
+        The `is_greedy` flag of a multi-token answer averaged this way is not computed (returned False): it only
+        matters to generation-style metrics (e.g. lambada's accuracy), not to multiple-choice tasks.
+        """
+        members = len(self.adapters.members) if self.adapters else 1
+        stochastic = self.samples > 1 and self.adapters is not None and (self.adapters.is_bayesian or self.mc_dropout)
+        laplace = self.adapters is not None and self.adapters.kind == lap.LAPLACE_KIND
+        if laplace or not (stochastic or members > 1):
+            return super().loglikelihood(requests, disable_tqdm=disable_tqdm)
+        by_doc: dict[tuple, list[int]] = {}
+        for i, request in enumerate(requests):
+            by_doc.setdefault((request.task_name, request.doc_id), []).append(i)
+        multi = [key for key, idx in by_doc.items() if any(self._n_continuation_tokens(requests[i]) > 1 for i in idx)]
+        results: list[tuple[float, bool] | None] = [None] * len(requests)
+        single = [i for key, idx in by_doc.items() if key not in set(multi) for i in idx]
+        if single:
+            for i, result in zip(single, super().loglikelihood([requests[i] for i in single], disable_tqdm)):
+                results[i] = result
+        if multi:
+            scored = self._score_whole_answers([[requests[i] for i in by_doc[key]] for key in multi], disable_tqdm)
+            for key, doc_results in zip(multi, scored):
+                for i, result in zip(by_doc[key], doc_results):
+                    results[i] = result
+        return results
+
+    def _n_continuation_tokens(self, request: Any) -> int:
+        context, continuation = request.args
+        return len(self._encode_pair(context, continuation)[1]) if context else len(self.tok_encode(continuation))
+
+    def _score_whole_answers(self, documents: list[list], disable_tqdm: bool) -> list[list[tuple[float, bool]]]:
+        """`(log-likelihood, False)` of every request of each document, scored by the library."""
+        from melora.evaluation import predict_log_likelihoods
+
+        examples = [_as_example(doc_requests, k) for k, doc_requests in enumerate(documents)]
+        doc_seeds = [doc_seed(self.seed, self.tok_encode(ex.prompt)) for ex in examples]
+        names = [name for name, _ in self.adapters.members]
+        batch_size = self.batch_size if isinstance(self.batch_size, int) and self.batch_size > 0 else 8
+        per_member = []
+        for name in names:
+            if len(names) > 1:
+                self.model.set_adapter(name)
+            per_member.append(
+                predict_log_likelihoods(
+                    self.model,
+                    self.tokenizer,
+                    examples,
+                    batch_size=batch_size,
+                    samples=self.samples,
+                    seed=self.seed,
+                    average=self.average,
+                    mc_dropout=self.mc_dropout,
+                    doc_seeds=doc_seeds,
+                    progress=False if disable_tqdm else "whole-answer likelihoods",
+                )
+            )
+        if len(names) > 1:
+            self.model.set_adapter(names[0])
+        out = []
+        for k in range(len(documents)):
+            stacked = torch.from_numpy(np.stack([member[k] for member in per_member])).double()  # (M, K)
+            if self.average == "probs":
+                combined = torch.logsumexp(stacked, dim=0) - math.log(len(names))  # mean of member predictives
+            else:
+                combined = stacked.mean(dim=0)
+            out.append([(float(value), False) for value in combined.tolist()])
+        return out
 
     def _loglikelihood_tokens(
         self, requests: list, disable_tqdm: bool = False, override_bs: int | None = None
@@ -251,6 +338,8 @@ class MeloraLM(HFLM):
             row = tuple((list(context) + list(continuation))[-(self.max_length + 1) :][:-1])
             table.setdefault(len(row), {}).setdefault(row, doc_seed(self.seed, context))
         self._row_seeds = dict(sorted(table.items(), reverse=True))  # longest first: see `_doc_seeds`
+        if self.adapters is not None and self.adapters.kind == lap.LAPLACE_KIND:  # LAP (harness_models.laplace)
+            lap.record_choices(self, requests)
         try:
             return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
         finally:
@@ -273,6 +362,8 @@ class MeloraLM(HFLM):
         """Log posterior predictive `(B, L, V)` of the input rows (plain logits for a deterministic model)."""
         from melora.adapters.sampling import sampling
 
+        if self.adapters is not None and self.adapters.kind == lap.LAPLACE_KIND:  # LAP (harness_models.laplace)
+            return lap.model_call(self, inps)
         members = [name for name, _ in self.adapters.members] if self.adapters else [None]
         if self.samples == 0 and len(members) == 1:
             with sampling(self.model, "mean"):
@@ -347,3 +438,36 @@ class MeloraLM(HFLM):
             self._warned_generation = True
         with sampling(self.model, "mean"):
             return super()._model_generate(*args, **kwargs)
+
+
+def _as_example(doc_requests: Sequence[Any], index: int) -> Any:
+    """One document's `(context, continuation)` requests as a cloze `Example`: the shared prompt, per-choice contexts.
+
+    The prompt is the contexts' common prefix cut back to a word boundary (so its tokens are a prefix of every
+    choice's), and each choice keeps the rest of its context (WinoGrande's option in the blank) as unscored context.
+    Trailing whitespace of a context moves to its continuation, as lm-eval's own encoding does.
+    """
+    import os
+
+    from melora.protocol import Example
+
+    pairs = []
+    for request in doc_requests:
+        context, continuation = request.args
+        stripped = context.rstrip()
+        pairs.append((stripped, context[len(stripped) :] + continuation))
+    contexts = [c for c, _ in pairs]
+    prompt = os.path.commonprefix(contexts)
+    if any(c != prompt for c in contexts):
+        if prompt and any(c[len(prompt) : len(prompt) + 1].strip() for c in contexts) and not prompt[-1].isspace():
+            prompt = prompt[: max(prompt.rfind(" "), 0)]  # mid-word: back to the last word boundary
+        prompt = prompt.rstrip()
+    suffixes = tuple(c[len(prompt) :] for c in contexts)
+    return Example(
+        prompt=prompt,
+        answers=tuple(a for _, a in pairs),
+        gold=0,
+        doc_id=f"request-group-{index}",
+        contexts=suffixes if any(suffixes) else (),
+        answer_format="cloze",
+    )

@@ -8,17 +8,7 @@ import pytest
 import torch
 
 from melora.errors import AdapterError, MeloraError, MeloraWarning
-
-
-TINY = dict(
-    vocab_size=128,
-    hidden_size=32,
-    intermediate_size=64,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=128,
-)
+from tests.conftest import TINY_LLAMA as TINY
 
 
 def _tiny_base_dir(path, seed: int = 0, **overrides: int) -> str:
