@@ -233,6 +233,7 @@ class MeloraLM(HFLM):
             seed=self.seed,
             mc_dropout=self.mc_dropout,
             sampling="posterior_mean" if self.samples == 0 else "mc",
+            training_method=_training_method(self.adapters.path) if self.adapters else None,
         )
         if self.adapters is not None and self.adapters.kind == lap.LAPLACE_KIND:  # LAP (harness_models.laplace)
             info.update(lap.model_info(self))
@@ -471,3 +472,19 @@ def _as_example(doc_requests: Sequence[Any], index: int) -> Any:
         contexts=suffixes if any(suffixes) else (),
         answer_format="cloze",
     )
+
+
+def _training_method(adapter_path: str) -> str | None:
+    """The `--method` that trained the adapter (`map`, `mle`, ...), as `scripts/train.py` recorded it, if it did."""
+    import json
+    import os
+
+    for name, key in (("training_info.json", "method"), ("ensemble.json", "member_method")):
+        path = os.path.join(adapter_path, name)
+        if os.path.isfile(path):
+            try:
+                with open(path, encoding="utf-8") as f:
+                    return json.load(f).get(key)
+            except (OSError, ValueError):
+                return None
+    return None

@@ -53,7 +53,8 @@ class Method:
     """What was evaluated, as recorded by the `melora` lm-eval model (or its absence).
 
     Attributes:
-        family (`str`): `base` (no adapter), `lora`, `mcd`, `ensemble`, `blob`, `melora`, or `peft` (an adapter loaded
+        family (`str`): `base` (no adapter), `lora` (`map`, `mle` when the training recorded it), `mcd`, `ensemble`,
+            `laplace`, `blob`, `melora`, or `peft` (an adapter loaded
             by `--model hf` with `peft=`, kind unknown).
         member_kind (`str`): the adapter kind of an ensemble's members (`lora`, `melora`, ...); else the kind itself.
         members (`int`): ensemble members (1 for a single adapter, 0 for none).
@@ -70,7 +71,7 @@ class Method:
     @property
     def label(self) -> str:
         """Row label in tables and legends, e.g. `Me-LoRA (S=10)`, `ENS (3×LoRA)`, `Base (zero-shot)`."""
-        names = {"lora": "LoRA", "melora": "Me-LoRA", "blob": "BLoB"}
+        names = {"lora": "LoRA", "map": "MAP", "mle": "MLE", "laplace": "LAP", "melora": "Me-LoRA", "blob": "BLoB"}
         if self.family == "base":
             return "Base (zero-shot)"
         if self.family == "peft":
@@ -83,9 +84,10 @@ class Method:
             name = "MCD"
         else:
             name = names.get(self.family, self.family)
-        bayesian = self.family in ("mcd", "blob", "melora") or self.member_kind in ("melora", "blob")
+        bayesian = self.family in ("mcd", "blob", "melora", "laplace") or self.member_kind in ("melora", "blob")
         if bayesian and self.samples is not None:
-            details.append("mean" if self.samples == 0 else f"S={self.samples}")
+            mean = "probit" if self.family == "laplace" else "mean"
+            details.append(mean if self.samples == 0 else f"S={self.samples}")
         if bayesian and self.samples and self.average == "logits":
             details.append("logit avg")
         return f"{name} ({', '.join(details)})" if details else name
@@ -314,6 +316,8 @@ def _method(config: dict[str, Any], args: dict[str, Any]) -> Method:
         return Method("ensemble", member_kind=member_kind, members=members, samples=samples, average=average)
     if config.get("mc_dropout") and samples:
         return Method("mcd", member_kind=kind, members=1, samples=samples, average=average)
+    if kind == "lora" and config.get("training_method") in ("map", "mle"):  # recorded by scripts/train.py
+        kind = str(config["training_method"])
     return Method(kind, member_kind=kind, members=1, samples=samples, average=average)
 
 

@@ -83,7 +83,7 @@ METHOD_COLOURS: dict[str, str] = {
 
 FALLBACK_COLOURS = ("#17becf", "#bcbd22", "#e377c2", "#393b79", "#637939", "#8c6d31")
 
-METHOD_ORDER = ("base", "lora", "mcd", "ensemble", "laplace", "blob", "melora")
+METHOD_ORDER = ("base", "mle", "map", "lora", "mcd", "ensemble", "laplace", "blob", "melora")
 """Row order of method families: the paper's (MAP, MCD, ENS, LAP, BLoB, Ours), the zero-shot base model first."""
 
 

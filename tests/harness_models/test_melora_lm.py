@@ -206,3 +206,18 @@ def test_mc_dropout_is_stochastic_and_repeatable(tiny_dirs, embedded_model_path)
     torch.testing.assert_close(first, second)
     lm.samples, lm.mc_dropout = 0, False
     assert not torch.allclose(torch.log_softmax(lm._model_call(inps), dim=-1), first, atol=1e-4)
+
+
+def test_results_config_records_the_training_method(tiny_dirs, embedded_model_path, tmp_path):
+    import json
+    import shutil
+
+    adapter = tmp_path / "map-adapter"
+    shutil.copytree(tiny_dirs["lora"], adapter)
+    (adapter / "training_info.json").write_text(json.dumps({"method": "map", "step": 10}))
+    info = _lm(tiny_dirs, embedded_model_path, adapter=str(adapter), samples=0).get_model_info()
+    assert info["adapter_kind"] == "lora" and info["training_method"] == "map"
+    assert (
+        _lm(tiny_dirs, embedded_model_path, adapter=tiny_dirs["lora"], samples=0).get_model_info()["training_method"]
+        is None
+    )

@@ -110,3 +110,12 @@ def test_orphan_samples_warns(tmp_path):
     (tmp_path / "samples_melora_obqa_other.jsonl").write_text("")
     with pytest.warns(MeloraWarning, match="no results file of the same run"):
         load_records([tmp_path])
+
+
+def test_method_labels_use_the_recorded_training_method():
+    from melora.report.loading import _method
+
+    assert _method({"adapter_kind": "lora", "training_method": "map", "samples": 0}, {}).label == "MAP"
+    assert _method({"adapter_kind": "lora", "training_method": None, "samples": 0}, {}).label == "LoRA"
+    assert _method({"adapter_kind": "laplace", "samples": 0}, {}).label == "LAP (probit)"
+    assert _method({"adapter_kind": "melora", "samples": 10}, {}).label == "Me-LoRA (S=10)"
