@@ -369,6 +369,14 @@ class MeloraLM(HFLM):
         if self.samples == 0 and len(members) == 1:
             with sampling(self.model, "mean"):
                 return super()._model_call(inps, attn_mask, labels)  # (B, L, V) logits
+        if max(self.samples, 1) * len(members) == 1:  # one pass: its logits, no averaging (HFLM log-softmaxes them)
+            mode = "sample" if self.adapters is not None and self.adapters.is_bayesian else "mean"
+            from melora.adapters.sampling import sample_seeds
+
+            seeds = sample_seeds(self._doc_seeds(inps), 1)  # row r is the only pass of document r
+            with self._dropout_rng(inps.device, seeds, active=self.mc_dropout):
+                with sampling(self.model, mode, seeds=seeds if mode == "sample" else None):
+                    return super()._model_call(inps, attn_mask, labels)  # (B, L, V) logits
         n_passes = max(self.samples, 1)
         seeds = self._doc_seeds(inps)
         total = None  # (B, L, V) float32 accumulator
