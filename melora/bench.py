@@ -44,9 +44,9 @@ def time_training_steps(cfg: TrainConfig, steps: int, warmup: int) -> dict[str, 
     """Median step time (s) and peak memory of `steps` timed training steps after `warmup` untimed ones."""
     import torch
 
-    from melora.training import _Trainer
+    from melora.training import Trainer
 
-    trainer = _Trainer(cfg)
+    trainer = Trainer(cfg)
     trainer._setup()
     cuda = trainer.accelerator.device.type == "cuda"
     times = []

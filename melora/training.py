@@ -69,7 +69,7 @@ def train(cfg: TrainConfig) -> Path:
     method = get_method(cfg.method)
     if method.ensemble:
         return _train_ensemble(cfg, method.member_method)
-    return _Trainer(cfg).run()
+    return Trainer(cfg).run()
 
 
 def _train_ensemble(cfg: TrainConfig, member_method: str) -> Path:
@@ -88,7 +88,7 @@ def _train_ensemble(cfg: TrainConfig, member_method: str) -> Path:
             print(f"member {k}: already trained")
         else:
             member_cfg.resume = member_dir.exists()
-            _Trainer(member_cfg).run()
+            Trainer(member_cfg).run()
         members.append(member_dir)
     for which in ("adapter-best", "adapter-last"):
         with atomic_directory(out / which) as tmp:
@@ -116,8 +116,8 @@ def _prepare_output_dir(out: Path, cfg: TrainConfig, is_main: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-class _Trainer:
-    """State of one run; `run()` executes it. Split into methods only to keep each part readable."""
+class Trainer:
+    """One training run: `run()` executes it; `_setup()` and `_step(i)` are what `melora.bench` times."""
 
     def __init__(self, cfg: TrainConfig) -> None:
         self.cfg = cfg

@@ -98,7 +98,7 @@ def test_ensemble_gathers_members_into_one_adapter(tmp_path, tiny_model_dir, syn
 def test_each_optimiser_updates_the_documented_parameters(tmp_path, tiny_model_dir, synthetic_data):
     # AdamW's lr is negligible, so whatever moves is moved by the KL's SGD: it must be A, M, H and never B.
     cfg = _config(tmp_path, tiny_model_dir, lr=1e-30, kl_lr=10.0, kl_weight="uniform", max_steps=2)
-    trainer = training._Trainer(cfg)
+    trainer = training.Trainer(cfg)
     trainer._setup()
     assert trainer.param_groups["nll (AdamW)"].startswith("A, B, melora_M, melora_H")
     assert trainer.param_groups["kl (SGD)"].startswith("A, melora_M, melora_H")
@@ -118,19 +118,19 @@ def test_kill_and_resume_equals_an_uninterrupted_run(tmp_path, tiny_model_dir, s
     training.train(straight)
 
     killed = _config(tmp_path / "b", tiny_model_dir, **common)
-    original_step = training._Trainer._step
+    original_step = training.Trainer._step
 
     def step_then_die(self, step):
         if step == 3:  # after the checkpoint of step 2, before the one of step 4
             raise KeyboardInterrupt("killed")
         return original_step(self, step)
 
-    monkeypatch.setattr(training._Trainer, "_step", step_then_die)
+    monkeypatch.setattr(training.Trainer, "_step", step_then_die)
     with pytest.raises(KeyboardInterrupt):
         training.train(killed)
     state = json.loads((Path(killed.output_dir) / "checkpoint-last" / "trainer_state.json").read_text())
     assert state["step"] == 2
-    monkeypatch.setattr(training._Trainer, "_step", original_step)
+    monkeypatch.setattr(training.Trainer, "_step", original_step)
     with pytest.raises(MeloraError, match="--resume"):
         training.train(killed)  # an existing run is never overwritten silently
     killed.resume = True
@@ -296,7 +296,7 @@ def test_cloze_training_learns_a_fixed_batch(method, tmp_path, tiny_model_dir, s
 def test_cloze_step_loss_equals_the_naive_per_choice_computation(tmp_path, tiny_model_dir, synthetic_data):
     """The first step's loss is the cross-entropy over each choice's full-sequence answer log-likelihood."""
     cfg = _config(tmp_path, tiny_model_dir, method="map", answer_format="cloze", max_steps=2, dropout=0.0)
-    trainer = training._Trainer(cfg)
+    trainer = training.Trainer(cfg)
     trainer._setup()
     tok, model = trainer.tokenizer, trainer.unwrapped
     examples = [trainer.train_examples[i] for i in trainer._global_batch(0)]
