@@ -1,6 +1,6 @@
 """The task protocol: prompts, answer strings, gold labels and splits, shared by training and the lm-eval tasks.
 
-Nothing else in the project renders a prompt. For each task of DESIGN §3 a `TaskSpec` says where its data is
+Nothing else in the project renders a prompt. For each task a `TaskSpec` says where its data is
 and how a row becomes an `Example`: a prompt ending in the answer cue, the answer strings (each one token
 after the prompt) and the gold index.
 
@@ -23,7 +23,7 @@ Answer formats (`ANSWER_FORMATS`, chosen per run; the lm-eval task of the cloze 
   context and answer each start cleanly at a word boundary, which gives the same concatenated text (every WinoGrande
   blank is written ` _ `).
 
-Splits (DESIGN §5). The official test split is only touched for final numbers; validation is disjoint from
+Splits. The official test split is only touched for final numbers; validation is disjoint from
 train and test:
 - ARC-C, ARC-E, OBQA: the hub's train / validation / test.
 - WinoGrande S, M: test = the official dev set (1,267, the hub's `validation`); validation = 20% of the hub's

@@ -25,7 +25,7 @@ KL_VARIANCES = ("paper", "exact")
 # Floor on Omega = H*H before its log: log(1e-12) = -27.6 keeps the KL finite when an entry of H reaches 0 (where the
 # H*H parametrisation has zero gradient anyway); below it the log term stops pushing Omega up.
 OMEGA_FLOOR = 1e-12
-# BLoB's constants, from its code (notes/anchors.md 1.3).
+# BLoB's constants, as its reference code uses them.
 _BLOB_EPS = 1e-6
 
 

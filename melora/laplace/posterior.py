@@ -15,7 +15,7 @@ Log marginal likelihood (Laplace evidence), with `p` the number of LoRA weights 
 
 (the `+-p/2 log 2 pi` of prior and posterior cancel). Note the *squared* norm and the *minus* sign of the prior
 term (`log N(theta*; 0, 1/delta I)`): the `bayesian-lora` package's `model_evidence` has `+ (1/s2) ||theta||` there
-(`notes/anchors.md` §3). `optimize_prior_precision` maximises it over `log delta`: a grid over `[1e-4, 1e6]`,
+(see that package's issue #4). `optimize_prior_precision` maximises it over `log delta`: a grid over `[1e-4, 1e6]`,
 then a bounded Brent search in the bracket around the best grid point (so the maximum a brute-force grid finds is
 the one returned, refined). The stationary point satisfies MacKay's fixed point
 `delta = (sum g_i a_j / (g_i a_j + delta)) / ||theta*||^2`.
