@@ -39,12 +39,13 @@ def task_yaml(name: str, answer_format: str = "letters") -> str:
     from melora.protocol import get_task
 
     spec = get_task(name)
-    cloze = answer_format == "cloze"
+    cloze = answer_format != "letters"
+    suffix = {"letters": "", "cloze": "_cloze", "cloze_norm": "_cloze_norm"}[answer_format]
     template = MULTIPLE_INPUT_TEMPLATE if cloze and spec.kind == "winogrande" else TEMPLATE
     return (
         HEADER
         + f"include: {template}\n"
-        + f"task: {spec.lm_eval_name}{'_cloze' if cloze else ''}\n"
+        + f"task: {spec.lm_eval_name}{suffix}\n"
         + f"dataset_path: {spec.dataset}\n"
         + f"dataset_name: {spec.config}\n"
         + "dataset_kwargs:\n"
@@ -58,8 +59,10 @@ def group_yaml(group: str, answer_format: str = "letters") -> str:
     from melora import protocol
 
     attribute, comment = GROUPS[group]
-    suffix = "_cloze" if answer_format == "cloze" else ""
-    comment += " Cloze answer format." if suffix else ""
+    suffix = {"letters": "", "cloze": "_cloze", "cloze_norm": "_cloze_norm"}[answer_format]
+    comment += {"letters": "", "cloze": " Cloze answer format.", "cloze_norm": " Length-normalised cloze."}[
+        answer_format
+    ]
     lines = [HEADER.rstrip("\n"), f"# {comment}", f"group: {group}{suffix}"]
     lines += ["task:"] + [f"  - {protocol.get_task(t).lm_eval_name}{suffix}" for t in getattr(protocol, attribute)]
     lines += ["# Size-weighted means of task metrics, equal to the pooled values for these three; no ECE (README.md)."]
@@ -75,7 +78,7 @@ def expected_files() -> dict[str, str]:
     from melora.protocol import TASKS
 
     files = {}
-    for fmt, suffix in (("letters", ""), ("cloze", "_cloze")):
+    for fmt, suffix in (("letters", ""), ("cloze", "_cloze"), ("cloze_norm", "_cloze_norm")):
         files.update({f"{TASKS[name].lm_eval_name}{suffix}.yaml": task_yaml(name, fmt) for name in TASKS})
         files.update({f"_{group}{suffix}.yaml": group_yaml(group, fmt) for group in GROUPS})
     return files

@@ -65,10 +65,13 @@ def load_test_split(
     rows = [
         {"prompt": ex.prompt, "choices": list(ex.answers), "gold": ex.gold, "doc_id": ex.doc_id} for ex in examples
     ]
-    if answer_format == "cloze":
+    if answer_format != "letters":
+        from melora.protocol import choice_score_scale
+
         for row, ex in zip(rows, examples):
             row["contexts"] = [context for context, _ in ex.scored_pairs()]
             row["answer"] = ex.answers[0]
+            row["score_scale"] = choice_score_scale(ex)  # 1, or 1 / answer length (cloze_norm)
     return datasets.DatasetDict({"test": datasets.Dataset.from_list(rows)})
 
 
@@ -92,7 +95,8 @@ def process_results(doc: dict[str, Any], results: Sequence[tuple[float, bool]]) 
     """Per-document items of `acc`, `nll`, `ece` and `brier` from the choices' `(log-likelihood, is_greedy)` pairs."""
     from melora.metrics import nll, normalise_log_likelihoods, top_label
 
-    probs = normalise_log_likelihoods([float(ll) for ll, _ in results])  # (K,) float64
+    scale = doc.get("score_scale") or [1.0] * len(results)  # cloze_norm: log-likelihood per answer character
+    probs = normalise_log_likelihoods([float(ll) * s for (ll, _), s in zip(results, scale)])  # (K,) float64
     gold = int(doc["gold"])
     confidence, correct = top_label([probs], [gold])
     return {

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from melora.errors import MeloraError
-from melora.protocol import Example, choice_token_ids
+from melora.protocol import Example, choice_score_scale, choice_token_ids
 
 
 if TYPE_CHECKING:
@@ -59,6 +59,8 @@ class ClozeBatch:
         score_mask (`torch.BoolTensor`): `(B, M)`, True on real scored tokens (rows are padded to `M`).
         choice_mask (`torch.BoolTensor`): `(B, K)`, True on real choices.
         labels (`torch.LongTensor`): `(B,)` gold choice index.
+        score_scale (`torch.Tensor`): `(B, K)` factor of each choice's log-likelihood before the softmax over choices
+            (`melora.protocol.choice_score_scale`: 1, or 1 / answer length in the `cloze_norm` format).
     """
 
     input_ids: torch.Tensor
@@ -70,6 +72,7 @@ class ClozeBatch:
     score_mask: torch.Tensor
     choice_mask: torch.Tensor
     labels: torch.Tensor
+    score_scale: torch.Tensor
 
     def to(self, device: torch.device | str) -> ClozeBatch:
         """The batch on `device`."""
@@ -118,6 +121,7 @@ def collate_cloze(examples: Sequence[Example], tokenizer: PreTrainedTokenizerBas
         score_mask=torch.zeros((n_rows, n_scored), dtype=torch.bool),
         choice_mask=torch.zeros((n_rows, k_max), dtype=torch.bool),
         labels=torch.tensor([ex.gold for ex in examples]),
+        score_scale=torch.ones((n_rows, k_max), dtype=torch.float32),
     )
     for i, ((ids, segs, pos), scored, ex) in enumerate(zip(rows, scores, examples)):
         batch.input_ids[i, : len(ids)] = torch.tensor(ids)
@@ -129,6 +133,7 @@ def collate_cloze(examples: Sequence[Example], tokenizer: PreTrainedTokenizerBas
         batch.score_choices[i, : len(scored)] = torch.tensor(choices)
         batch.score_mask[i, : len(scored)] = True
         batch.choice_mask[i, : len(ex.answers)] = True
+        batch.score_scale[i, : len(ex.answers)] = torch.tensor(choice_score_scale(ex))
     return batch
 
 

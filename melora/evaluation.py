@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 from melora.cloze_readout import ClozeBatch, choice_sequence_log_probs
 from melora.metrics import normalise_log_likelihoods, summarize
 from melora.predictive import average_log_probs
+from melora.protocol import choice_score_scale
 from melora.readout import choice_log_probs, collate_examples
 from melora.seeding import stable_seed
 
@@ -152,9 +153,10 @@ def predict_probs(
 
     The posterior-averaged answer log-likelihoods (`predict_log_likelihoods`, which takes the same `kwargs`) are
     normalised over each question's own choices: samples are averaged first, choices normalised after, which is
-    lm-eval's order.
+    lm-eval's order (in the `cloze_norm` format each log-likelihood is first divided by its answer's length).
     """
-    return [normalise_log_likelihoods(ll) for ll in predict_log_likelihoods(model, tokenizer, examples, **kwargs)]
+    lls = predict_log_likelihoods(model, tokenizer, examples, **kwargs)
+    return [normalise_log_likelihoods(ll * np.asarray(choice_score_scale(ex))) for ll, ex in zip(lls, examples)]
 
 
 def _sampled_log_probs(model, batch, doc_seeds, n_samples, seed, sample, bayesian, start) -> torch.Tensor:

@@ -23,6 +23,10 @@ Answer formats (`ANSWER_FORMATS`, chosen per run; the lm-eval task of the cloze 
   context and answer each start cleanly at a word boundary, which gives the same concatenated text (every WinoGrande
   blank is written ` _ `).
 
+- `cloze_norm`: the cloze prompts and answers, with each choice's log-likelihood divided by its answer's length in
+  characters before the choices are normalised (lm-eval's `acc_norm`, `choice_score_scale`): summed log-likelihoods
+  favour short answers, which matters where a question's choices differ much in length (OBQA).
+
 Splits. The official test split is only touched for final numbers; validation is disjoint from
 train and test:
 - ARC-C, ARC-E, OBQA: the hub's train / validation / test.
@@ -62,7 +66,8 @@ SPLIT_SEED = 0
 DEFAULT_MAX_LENGTH = 300
 """Maximum prompt length in tokens, answer token included (paper Table 7)."""
 
-ANSWER_FORMATS = ("letters", "cloze")
+ANSWER_FORMATS = ("letters", "cloze", "cloze_norm")
+CLOZE_FORMATS = ("cloze", "cloze_norm")
 """`letters`: one answer token per choice (the paper's, the default); `cloze`: each choice's text is the answer."""
 LETTERS = "ABCDEFGHIJ"
 MCQ_HEADER = "Return the label of the correct answer for the question below."
@@ -265,8 +270,8 @@ def render(
     spec = task if isinstance(task, TaskSpec) else get_task(task)
     if answer_format not in ANSWER_FORMATS:
         raise ProtocolError(f"Unknown answer format {answer_format!r}. Available: {', '.join(ANSWER_FORMATS)}.")
-    if answer_format == "cloze":
-        return _render_cloze(spec, row, doc_id, tokenizer, max_length)
+    if answer_format in CLOZE_FORMATS:
+        return _render_cloze(spec, row, doc_id, tokenizer, max_length, answer_format)
     if spec.kind == "boolq":
         body, build, keep = row["passage"], lambda passage: _boolq_prompt(passage, row["question"]), "head"
         answers, gold = (" False", " True"), int(bool(row["answer"]))
@@ -350,6 +355,7 @@ def _render_cloze(
     doc_id: str,
     tokenizer: PreTrainedTokenizerBase | None,
     max_length: int,
+    answer_format: str = "cloze",
 ) -> Example:
     """The cloze form of a row (see the module docstring): shared prompt, per-choice contexts, scored answers."""
     if spec.kind == "boolq":
@@ -372,7 +378,9 @@ def _render_cloze(
             return max(len(tokenizer(prompt + c + a).input_ids) - base for c, a in zip(contexts, answers))
 
         prompt = _fit(tokenizer, build, body, keep, max_length, reserve=longest_choice)
-    return Example(prompt=prompt, answers=answers, gold=gold, doc_id=doc_id, contexts=contexts, answer_format="cloze")
+    return Example(
+        prompt=prompt, answers=answers, gold=gold, doc_id=doc_id, contexts=contexts, answer_format=answer_format
+    )
 
 
 def _cloze_question_prompt(question: str) -> str:
@@ -504,7 +512,7 @@ def check_tokenizer(
     """
     if answer_format not in ANSWER_FORMATS:
         raise ProtocolError(f"Unknown answer format {answer_format!r}. Available: {', '.join(ANSWER_FORMATS)}.")
-    if answer_format == "cloze":
+    if answer_format in CLOZE_FORMATS:
         return
     probes = {
         "mcq": Example(
@@ -514,3 +522,13 @@ def check_tokenizer(
     }
     for kind in {"boolq" if get_task(t).kind == "boolq" else "mcq" for t in tasks}:
         answer_token_ids(tokenizer, probes[kind])
+
+
+def choice_score_scale(example: Example) -> list[float]:
+    """Factor each choice's answer log-likelihood is multiplied by before the softmax over choices.
+
+    1 in the `letters` and `cloze` formats; `1 / len(answer)` (characters, as lm-eval's `acc_norm`) in `cloze_norm`.
+    """
+    if example.answer_format != "cloze_norm":
+        return [1.0] * len(example.answers)
+    return [1.0 / max(len(answer), 1) for answer in example.answers]

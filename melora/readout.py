@@ -24,7 +24,7 @@ import torch
 
 from melora.cloze_readout import ClozeBatch, choice_sequence_log_probs, collate_cloze
 from melora.errors import ProtocolError
-from melora.protocol import Example, answer_token_ids
+from melora.protocol import CLOZE_FORMATS, Example, answer_token_ids
 
 
 if TYPE_CHECKING:
@@ -116,15 +116,16 @@ def collate_examples(examples: Sequence[Example], tokenizer: PreTrainedTokenizer
     formats = sorted({ex.answer_format for ex in examples})
     if len(formats) > 1:
         raise ProtocolError(f"Expected examples of one answer format in a batch, but got {formats}.")
-    return collate_cloze(examples, tokenizer) if formats == ["cloze"] else collate(examples, tokenizer)
+    return collate_cloze(examples, tokenizer) if formats[0] in CLOZE_FORMATS else collate(examples, tokenizer)
 
 
 def normalised_choice_log_probs(model: PreTrainedModel, batch: ChoiceBatch | ClozeBatch) -> torch.Tensor:
     """Choice-normalised log-probabilities `(B, K)` of either read-out (`-inf` on padded choices).
 
     Letters: `choice_log_probs` (unchanged). Cloze: `log_softmax` over the choices of their summed answer
-    log-likelihoods (`choice_sequence_log_probs`). Training's cross-entropy is the NLL of the gold choice under it.
+    log-likelihoods (`choice_sequence_log_probs`), each scaled by `batch.score_scale` (1, or 1 / answer length in the
+    `cloze_norm` format). Training's cross-entropy is the NLL of the gold choice under it.
     """
     if isinstance(batch, ClozeBatch):
-        return torch.log_softmax(choice_sequence_log_probs(model, batch), dim=-1)
+        return torch.log_softmax(choice_sequence_log_probs(model, batch) * batch.score_scale, dim=-1)
     return choice_log_probs(model, batch)

@@ -39,7 +39,8 @@ class TrainConfig:
         default="letters",
         metadata={
             "help": "letters (the paper's: one letter or True/False token after 'Answer:') or cloze (each choice's "
-            "text scored as the continuation, cross-entropy over the choices' summed log-likelihoods)"
+            "text scored as the continuation, cross-entropy over the choices' summed log-likelihoods) or cloze_norm "
+            "(the same, each log-likelihood divided by its answer's length in characters, as lm-eval's acc_norm)"
         },
     )
     rank: int = field(default=8, metadata={"help": "LoRA rank r"})
@@ -96,7 +97,11 @@ class TrainConfig:
             (self.eval_every >= 1, "eval_every", "a positive int"),
             (self.eval_samples >= 0, "eval_samples", ">= 0"),
             (self.select_by in ("nll", "acc", "ece"), "select_by", "'nll', 'acc' or 'ece'"),
-            (self.answer_format in ("letters", "cloze"), "answer_format", "'letters' or 'cloze'"),
+            (
+                self.answer_format in ("letters", "cloze", "cloze_norm"),
+                "answer_format",
+                "letters, cloze or cloze_norm",
+            ),
             (self.ensemble_size >= 1, "ensemble_size", "a positive int"),
             (self.dtype in ("auto", "float32", "bfloat16"), "dtype", "'auto', 'float32' or 'bfloat16'"),
             (bool(self.target_modules), "target_modules", "at least one module name"),

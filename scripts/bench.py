@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--answer-format",
         default="letters",
-        choices=("letters", "cloze"),
+        choices=("letters", "cloze", "cloze_norm"),
         help="answer format of the compared methods (LoRA is also timed in the other one)",
     )
     parser.add_argument("--batch-size", type=int, default=4, help="training batch (paper: 4)")

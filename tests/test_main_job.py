@@ -31,7 +31,7 @@ def test_main_job_pipeline_runs_end_to_end(tmp_path, embedded_model_path):
         "MELORA_MAIN_LIMIT": "4",
         "MELORA_MAIN_SAMPLES": "2",
         "MELORA_MAIN_EVAL_LIMIT": "4",
-        "MELORA_MAIN_TASKS": "melora_obqa_cloze",
+        "MELORA_MAIN_TASKS": "melora_obqa_cloze_norm",
     }
     proc = subprocess.run(
         ["bash", str(ROOT / "scripts/main_job.sh")], env=env, capture_output=True, text=True, timeout=900

@@ -244,3 +244,12 @@ def test_cloze_needs_no_single_token_answers_and_unknown_formats_fail(smollm_tok
         P.check_tokenizer(smollm_tokenizer, ["arc_e"], answer_format="words")
     with pytest.raises(ProtocolError, match="without a blank"):
         P.render("wgs", {"sentence": "no blank", "option1": "a", "option2": "b", "answer": "1"}, answer_format="cloze")
+
+
+def test_cloze_norm_has_the_cloze_prompts_and_scales_by_answer_length():
+    row = P.load_rows("obqa", "test")[0]
+    cloze = P.render("obqa", row, answer_format="cloze")
+    norm = P.render("obqa", row, answer_format="cloze_norm")
+    assert (norm.prompt, norm.answers, norm.gold) == (cloze.prompt, cloze.answers, cloze.gold)
+    assert P.choice_score_scale(cloze) == [1.0] * len(cloze.answers)
+    assert P.choice_score_scale(norm) == [1 / len(a) for a in norm.answers]

@@ -139,3 +139,19 @@ def test_letters_dispatch_is_the_single_token_read_out_and_formats_do_not_mix(ti
         )
     with pytest.raises(ProtocolError, match="one answer format"):
         collate_examples(letters + CLOZE_EXAMPLES[:1], tok)
+
+
+def test_cloze_norm_divides_each_answer_log_likelihood_by_its_length(tiny_llama):
+    tok = CharTokenizer()
+    pairs = [(" short", " a much longer answer"), (" x y", " z")]
+    examples = [Example("Q: which?\nAnswer:", answers, 0, str(i), (), "cloze_norm") for i, answers in enumerate(pairs)]
+    batch = collate_examples(examples, tok)
+    assert isinstance(batch, ClozeBatch)
+    with torch.no_grad():
+        raw = choice_sequence_log_probs(tiny_llama, batch)  # (B, K) summed answer log-likelihoods
+        got = normalised_choice_log_probs(tiny_llama, batch)
+    lengths = torch.tensor([[len(a) for a in answers] for answers in pairs], dtype=torch.float32)
+    torch.testing.assert_close(got, torch.log_softmax(raw / lengths, dim=-1))
+    plain = collate_examples([Example(e.prompt, e.answers, 0, e.doc_id, (), "cloze") for e in examples], tok)
+    with torch.no_grad():
+        assert not torch.allclose(normalised_choice_log_probs(tiny_llama, plain), got)

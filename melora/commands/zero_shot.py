@@ -28,7 +28,7 @@ class ZeroShotCommand(Subcommand):
         parser.add_argument(
             "--answer-format",
             default="letters",
-            choices=("letters", "cloze"),
+            choices=("letters", "cloze", "cloze_norm"),
             help="letters (the paper's, default): one answer token after 'Answer:'; cloze: each choice's text scored "
             "as the continuation (summed log-likelihood, normalised over the choices)",
         )

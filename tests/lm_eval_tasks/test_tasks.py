@@ -111,3 +111,13 @@ def test_cloze_requests_are_the_protocols_scored_pairs(embedded_model_path):
             assert pairs == ex.scored_pairs()
     wg = protocol.load_examples("wgs", "test", limit=1, answer_format="cloze")[0]
     assert len(set(wg.answers)) == 1 and wg.contexts[0] != wg.contexts[1]  # one continuation, two contexts
+
+
+def test_cloze_norm_process_results_scales_log_likelihoods_by_answer_length():
+    utils = _utils()
+    doc = {"gold": 1, "score_scale": [1 / 2, 1 / 20]}
+    out = utils.process_results(doc, [(-4.0, False), (-20.0, False)])  # per character: -2 vs -1
+    assert out["acc"] == 1.0
+    assert out["brier"][1] == pytest.approx([1 / (1 + math.e), math.e / (1 + math.e)])
+    plain = utils.process_results({"gold": 1}, [(-4.0, False), (-20.0, False)])
+    assert plain["acc"] == 0.0
