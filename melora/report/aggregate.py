@@ -198,7 +198,7 @@ def _build_table(
 def _task_order(task: str, setting: str) -> tuple:
     order = OOD_TASKS if setting == "ood" else ID_TASKS
     key = task_key(task)
-    return (order.index(key) if key in order else len(order), key, task.endswith("_cloze"), task)
+    return (order.index(key) if key in order else len(order), key, task.endswith(("_cloze", "_cloze_norm")), task)
 
 
 def _pooled(preds: dict[str, Predictions], method: Method, replicate: tuple) -> dict[str, Predictions]:

@@ -161,7 +161,7 @@ class TaskRecord:
 
 def task_key(task: str) -> str:
     """The protocol's short name of an lm-eval task (`melora_arc_c_cloze` -> `arc_c`), or the task itself."""
-    short = task.removeprefix("melora_").removesuffix("_cloze")
+    short = task.removeprefix("melora_").removesuffix("_cloze_norm").removesuffix("_cloze")
     return short if task.startswith("melora_") and short in TASKS else task
 
 
@@ -170,6 +170,8 @@ def task_title(task: str) -> str:
     key = task_key(task)
     if key not in TASKS:
         return task
+    if task.endswith("_cloze_norm"):
+        return TASKS[key].title + " (cloze, per char)"
     return TASKS[key].title + (" (cloze)" if task.endswith("_cloze") else "")
 
 

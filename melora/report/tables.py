@@ -84,7 +84,7 @@ def table_view(table: Table, published: PublishedTable | None = None) -> TableVi
     """The view of one results table, with the published rows of the same setting when given."""
     columns = list(table.columns)
     if published is not None:
-        present = {task_key(key) for key, _ in columns if not key.endswith("_cloze")}
+        present = {task_key(key) for key, _ in columns if not key.endswith(("_cloze", "_cloze_norm"))}
         extra = [(f"melora_{t}", TASKS[t].title) for t in published.columns if t not in present]
         tasks = [c for c in columns if c[0] not in POOLED_GROUPS] + extra
         order = {t: i for i, t in enumerate(published.columns)}
@@ -111,7 +111,11 @@ def table_view(table: Table, published: PublishedTable | None = None) -> TableVi
             for method in PUBLISHED_METHODS:
                 cells = {}
                 for key, _ in columns:
-                    cell = published.get(metric, method, task_key(key)) if not key.endswith("_cloze") else None
+                    cell = (
+                        published.get(metric, method, task_key(key))
+                        if not key.endswith(("_cloze", "_cloze_norm"))
+                        else None
+                    )
                     if cell is not None:
                         mean, std = cell.as_fraction(metric)
                         cells[key] = CellView(mean, std)
@@ -183,7 +187,7 @@ def _notes(table: Table, published: PublishedTable | None) -> list[str]:
         protocol.append(
             f"our runs used lm-eval --limit {', '.join(f'{x:g}' for x in limits)} (a subset of each test set)"
         )
-    if any(key.endswith("_cloze") for key, _ in table.columns):
+    if any(key.endswith(("_cloze", "_cloze_norm")) for key, _ in table.columns):
         protocol.append("cloze answers (the paper reads one letter after 'Answer:'; no published value is shown)")
     shots = sorted({v for runs in table.runs.values() for r in runs for v in r.num_fewshot.values() if v})
     if shots:

@@ -119,3 +119,11 @@ def test_method_labels_use_the_recorded_training_method():
     assert _method({"adapter_kind": "lora", "training_method": None, "samples": 0}, {}).label == "LoRA"
     assert _method({"adapter_kind": "laplace", "samples": 0}, {}).label == "LAP (probit)"
     assert _method({"adapter_kind": "melora", "samples": 10}, {}).label == "Me-LoRA (S=10)"
+
+
+def test_cloze_task_names_map_to_their_protocol_task():
+    from melora.report.loading import task_key, task_title
+
+    assert [task_key(t) for t in ("melora_arc_c", "melora_arc_c_cloze", "melora_arc_c_cloze_norm")] == ["arc_c"] * 3
+    assert task_title("melora_arc_c_cloze_norm") == "ARC-C (cloze, per char)"
+    assert task_title("melora_obqa_cloze") == "OBQA (cloze)" and task_key("arc_easy") == "arc_easy"
