@@ -130,8 +130,12 @@ class Trainer:
         from accelerate.utils import set_seed
 
         cfg = self.cfg
-        self.accelerator = Accelerator(log_with=cfg.report_to, project_dir=str(self.out))
+        # cpu=True without CUDA: otherwise accelerate ignores a torchrun launch on CPU and every process trains alone
+        self.accelerator = Accelerator(
+            cpu=not torch.cuda.is_available(), log_with=cfg.report_to, project_dir=str(self.out)
+        )
         acc = self.accelerator
+        acc.print(f"{acc.num_processes} process(es) ({acc.state.distributed_type.value}), device {acc.device}")
         _prepare_output_dir(self.out, cfg, acc.is_main_process)
         acc.wait_for_everyone()
         if cfg.batch_size % acc.num_processes:

@@ -269,6 +269,7 @@ def test_two_processes_equal_one_process(tmp_path, tiny_model_dir, synthetic_dat
         timeout=600,
     )
     assert two.returncode == 0, two.stderr[-2000:]
+    assert "1 process(es)" in one.stdout and "2 process(es) (MULTI_CPU)" in two.stdout  # really data parallel
     a = load_file(tmp_path / "one" / "adapter-last" / "adapter_model.safetensors")
     b = load_file(tmp_path / "two" / "adapter-last" / "adapter_model.safetensors")
     for key in a:
