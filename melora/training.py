@@ -9,8 +9,9 @@ One step, for a global batch of `--batch-size` questions split over the processe
    warm-up and decay) steps on it and updates **every trainable adapter parameter** (LoRA: A, B; Me-LoRA: A, B, M,
    H; BLoB: A, B, rho).
 2. KL (Bayesian methods): `SGD` (lr `--kl-lr`, same schedule shape) steps on `kl_weight(step) * KL` and updates
-   **only the parameters the KL depends on** (Me-LoRA: A, M, H; BLoB: A, rho), with gradients taken by
-   `torch.autograd.grad` so the NLL's gradients never leak into it. BLoB's own code gets this wrong by accident
+   **only the parameters the KL depends on** (Me-LoRA: A, M, H; BLoB: A, rho), with the KL's gradients in closed
+   form (`melora.adapters.kl.kl_divergence_with_grads`, tested against autograd), so the NLL's gradients never leak
+   into it. BLoB's own code gets this wrong by accident
    (its AdamW is built before rho exists, so rho is trained only by SGD); here both groups are explicit and logged.
 
 Every draw is seeded from `(seed, step, question)` (`melora.seeding`): posterior samples per question, dropout per
@@ -198,11 +199,14 @@ class Trainer:
     def _build_optimisers(self) -> None:
         from transformers import get_linear_schedule_with_warmup
 
+        from melora.adapters.sampling import bayesian_adapters
+
         cfg, acc = self.cfg, self.accelerator
         nll_params = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
         kl_params = self.method.kl_parameters(self.model) if self.method.bayesian else []
         wd = self.method.weight_decay if cfg.weight_decay is None else cfg.weight_decay
-        self.optimizer = torch.optim.AdamW([p for _, p in nll_params], lr=cfg.lr, weight_decay=wd)
+        # foreach: one multi-tensor kernel per update rule, not a Python loop over the many small adapter tensors
+        self.optimizer = torch.optim.AdamW([p for _, p in nll_params], lr=cfg.lr, weight_decay=wd, foreach=True)
         warmup = int(cfg.warmup_ratio * cfg.max_steps)
         self.scheduler = get_linear_schedule_with_warmup(self.optimizer, warmup, cfg.max_steps)
         self.param_groups = {"nll (AdamW)": _summarise(nll_params), "kl (SGD)": _summarise(kl_params)}
@@ -211,7 +215,7 @@ class Trainer:
         )
         self.kl_optimizer = self.kl_scheduler = None
         if kl_params:
-            self.kl_optimizer = torch.optim.SGD([p for _, p in kl_params], lr=cfg.kl_lr)
+            self.kl_optimizer = torch.optim.SGD([p for _, p in kl_params], lr=cfg.kl_lr, foreach=True)
             self.kl_scheduler = get_linear_schedule_with_warmup(self.kl_optimizer, warmup, cfg.max_steps)
             acc.print(
                 f"            SGD(lr={cfg.kl_lr}) on {cfg.kl_weight}-weighted KL updates "
@@ -222,6 +226,7 @@ class Trainer:
         if self.kl_optimizer is not None:
             self.kl_optimizer = acc.prepare(self.kl_optimizer)
         self.unwrapped = acc.unwrap_model(self.model)
+        self.bayesian_adapters = bayesian_adapters(self.unwrapped)  # the layers sampled every step
 
     # -- checkpoints -----------------------------------------------------------------------------------------
     def _trainable_state(self) -> dict[str, torch.Tensor]:
@@ -289,7 +294,7 @@ class Trainer:
         return order[position * self.cfg.batch_size : (position + 1) * self.cfg.batch_size]
 
     def _step(self, step: int) -> dict[str, float]:
-        from melora.adapters.kl import kl_divergence
+        from melora.adapters.kl import kl_divergence_with_grads
         from melora.adapters.sampling import sampling
         from melora.readout import collate_examples, normalised_choice_log_probs
 
@@ -303,7 +308,8 @@ class Trainer:
         torch.manual_seed(stable_seed(cfg.seed, "dropout", step, acc.process_index))
         seeds = [stable_seed(cfg.seed, "sample", step, i) for i in local]
         self.model.train()
-        with sampling(self.unwrapped, "sample", seeds=seeds) if self.method.bayesian else nullcontext():
+        bayesian = self.method.bayesian
+        with sampling(self.unwrapped, "sample", seeds, self.bayesian_adapters) if bayesian else nullcontext():
             log_probs = normalised_choice_log_probs(self.model, batch)  # (b, K)
         nll = torch.nn.functional.nll_loss(log_probs, batch.labels)
         if not torch.isfinite(nll):
@@ -316,12 +322,13 @@ class Trainer:
         if self.kl_optimizer is not None:
             weight = kl_weight(step, cfg.kl_weight, self.steps_per_epoch, len(self.train_examples))
             noise = torch.rand((), generator=torch.Generator().manual_seed(stable_seed(cfg.seed, "kl", step)))
-            kl = kl_divergence(self.unwrapped, noise=float(noise))
+            layers = [module for _, module, _, _ in self.bayesian_adapters]
+            kl, grads = kl_divergence_with_grads(self.unwrapped, noise=float(noise), layers=layers)
             if not torch.isfinite(kl):
                 self._diverged(step, "the KL", kl.item())
-            grads = torch.autograd.grad(weight * kl, self.kl_params, allow_unused=True)
-            for p, g in zip(self.kl_params, grads):
-                p.grad = g
+            for p in self.kl_params:
+                p.grad = grads.get(p)
+            torch._foreach_mul_([p.grad for p in self.kl_params if p.grad is not None], weight)
             self.kl_optimizer.step()
             self.kl_scheduler.step()
             self.kl_optimizer.zero_grad(set_to_none=True)

@@ -112,6 +112,27 @@ def test_each_optimiser_updates_the_documented_parameters(tmp_path, tiny_model_d
     assert moved == {"A", "melora_M", "melora_H"}
 
 
+@pytest.mark.parametrize("method", ["melora", "blob"])
+def test_kl_step_is_sgd_on_the_autograd_gradient_of_the_weighted_kl(method, tmp_path, tiny_model_dir, synthetic_data):
+    # The loop takes the KL's gradients in closed form; the update must be the SGD step on autograd's gradient.
+    from melora.adapters.kl import kl_divergence
+    from melora.kl_weight import kl_weight
+    from melora.seeding import stable_seed
+
+    cfg = _config(tmp_path, tiny_model_dir, method=method, lr=1e-30, kl_lr=0.5, kl_weight="uniform", max_steps=2)
+    trainer = training.Trainer(cfg)
+    trainer._setup()
+    params = trainer.kl_params
+    before = [p.detach().clone() for p in params]
+    noise = torch.rand((), generator=torch.Generator().manual_seed(stable_seed(cfg.seed, "kl", 0)))
+    grads = torch.autograd.grad(kl_divergence(trainer.unwrapped, noise=float(noise)), params)
+    weight = kl_weight(0, "uniform", trainer.steps_per_epoch, len(trainer.train_examples))
+    trainer._step(0)
+    for p, b, g in zip(params, before, grads):
+        torch.testing.assert_close(p.detach(), b - 0.5 * weight * g, rtol=1e-5, atol=1e-7)
+    assert any(g.abs().sum() > 0 for g in grads)
+
+
 def test_kill_and_resume_equals_an_uninterrupted_run(tmp_path, tiny_model_dir, synthetic_data, monkeypatch):
     common = dict(max_steps=6, eval_every=2, dropout=0.1, train_limit=8)
     straight = _config(tmp_path / "a", tiny_model_dir, **common)

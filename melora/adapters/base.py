@@ -11,7 +11,8 @@ sits in a per-adapter `ParameterDict` whose name starts with `lora_` and is list
 
 - `noise_shape` tells `melora.adapters.sampling` how many standard-normal numbers one posterior sample of the adapter
   needs (per sequence), so seeded samples can be drawn for the whole model at once;
-- `kl` returns the adapter's KL term (summed by `melora.adapters.kl.kl_divergence`);
+- `kl` returns the adapter's KL term (summed by `melora.adapters.kl.kl_divergence`); `kl_tensors` and
+  `kl_and_grads` give the same term with its gradients in closed form, over stacked layers (what training uses);
 - `delta_weight` is the posterior-mean weight update, which `merge`/`merge_and_unload` fold into `W0`.
 
 Merging a stochastic adapter means merging its posterior mean: the merged model is deterministic and equals the
@@ -61,6 +62,18 @@ class BayesianLinearVariant(LoraVariant):
     @staticmethod
     def kl(module: LoraLinear, adapter_name: str, noise: float) -> torch.Tensor:
         """KL term of `adapter_name` in this layer (float32 or wider); `noise` is the prior-std noise of this call."""
+        raise NotImplementedError
+
+    @staticmethod
+    def kl_tensors(module: LoraLinear, adapter_name: str) -> tuple[torch.Tensor, ...]:
+        """The parameters this layer's KL depends on, in the order `kl_and_grads` takes them."""
+        raise NotImplementedError
+
+    @staticmethod
+    def kl_and_grads(
+        stacked: list[torch.Tensor], config: LoraConfig, noise: float
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """Sum of `kl` over layers whose `kl_tensors` are stacked along dim 0, and its gradient for each stack."""
         raise NotImplementedError
 
     @classmethod

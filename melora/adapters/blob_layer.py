@@ -25,7 +25,7 @@ import torch
 from peft.tuners.lora.layer import Linear as LoraLinear
 
 from melora.adapters.base import CONFIG_ATTR, BayesianLinearVariant, add_adapter_parameter, remember_config
-from melora.adapters.kl import blob_kl
+from melora.adapters.kl import blob_kl, blob_kl_and_grads
 from melora.adapters.sampling import draw_noise
 
 
@@ -84,6 +84,18 @@ class BlobLinearVariant(BayesianLinearVariant):
         config = getattr(module, CONFIG_ATTR)[adapter_name]
         rho = getattr(module, RHO_NAME)[adapter_name]
         return blob_kl(module.lora_A[adapter_name].weight, rho.square(), prior_std=config.prior_std)
+
+    @staticmethod
+    def kl_tensors(module: LoraLinear, adapter_name: str) -> tuple[torch.Tensor, ...]:
+        """`(mu, rho)`: the mean of A (`lora_A`) and its std factor."""
+        return module.lora_A[adapter_name].weight, getattr(module, RHO_NAME)[adapter_name]
+
+    @staticmethod
+    def kl_and_grads(
+        stacked: list[torch.Tensor], config: BlobConfig, noise: float
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """`blob_kl_and_grads` over stacked `(mu, rho)`; BLoB has no prior noise."""
+        return blob_kl_and_grads(*stacked, prior_std=config.prior_std)
 
     @staticmethod
     def forward(

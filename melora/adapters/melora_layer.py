@@ -29,7 +29,7 @@ from peft.tuners.lora.layer import Linear as LoraLinear
 from peft.utils.other import transpose
 
 from melora.adapters.base import CONFIG_ATTR, BayesianLinearVariant, add_adapter_parameter, remember_config
-from melora.adapters.kl import melora_kl
+from melora.adapters.kl import melora_kl, melora_kl_and_grads
 from melora.adapters.sampling import draw_noise
 
 
@@ -119,6 +119,27 @@ class MeLoraLinearVariant(BayesianLinearVariant):
             getattr(module, MEAN_NAME)[adapter_name],
             getattr(module, STD_FACTOR_NAME)[adapter_name],
             module.lora_A[adapter_name].weight,
+            prior_std=config.prior_std,
+            noise=noise if config.prior_noise else 0.0,
+            variance=config.kl_variance,
+        )
+
+    @staticmethod
+    def kl_tensors(module: LoraLinear, adapter_name: str) -> tuple[torch.Tensor, ...]:
+        """`(M, H, A)`."""
+        return (
+            getattr(module, MEAN_NAME)[adapter_name],
+            getattr(module, STD_FACTOR_NAME)[adapter_name],
+            module.lora_A[adapter_name].weight,
+        )
+
+    @staticmethod
+    def kl_and_grads(
+        stacked: list[torch.Tensor], config: MeLoraConfig, noise: float
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """`melora_kl_and_grads` over stacked `(M, H, A)`."""
+        return melora_kl_and_grads(
+            *stacked,
             prior_std=config.prior_std,
             noise=noise if config.prior_noise else 0.0,
             variance=config.kl_variance,

@@ -126,7 +126,12 @@ def bayesian_adapters(model: nn.Module) -> list[tuple[str, nn.Module, str, tuple
     return found
 
 
-def set_sampling_mode(model: nn.Module, mode: str = "sample", seeds: Sequence[int] | None = None) -> SamplingState:
+def set_sampling_mode(
+    model: nn.Module,
+    mode: str = "sample",
+    seeds: Sequence[int] | None = None,
+    adapters: list[tuple[str, nn.Module, str, tuple[int, ...]]] | None = None,
+) -> SamplingState:
     """Set how every Bayesian layer of `model` samples, until the next call.
 
     Args:
@@ -134,6 +139,8 @@ def set_sampling_mode(model: nn.Module, mode: str = "sample", seeds: Sequence[in
         mode (`str`): `"sample"` (posterior samples, one per batch row) or `"mean"` (posterior mean).
         seeds (`Sequence[int]`, *optional*): one non-negative seed (< 2**63) per batch row; the noise of row `i` then
             depends on `seeds[i]` only. `None` draws noise from torch's global RNG at every forward.
+        adapters (`list`, *optional*): `bayesian_adapters(model)`, when the caller keeps it (a training loop sets the
+            mode every step; walking a 7B model's modules each time is wasted work).
 
     Returns:
         The new `SamplingState`, shared by all Bayesian layers.
@@ -146,7 +153,7 @@ def set_sampling_mode(model: nn.Module, mode: str = "sample", seeds: Sequence[in
     if seeds is not None and mode == "mean":
         warnings.warn("`seeds` are ignored in mode 'mean' (it draws no noise).", MeloraWarning, stacklevel=2)
         seeds = None
-    adapters = bayesian_adapters(model)
+    adapters = bayesian_adapters(model) if adapters is None else adapters
     state = SamplingState(mode=mode)
     if seeds is not None:
         state.seeds = _check_seeds(seeds)
@@ -161,13 +168,19 @@ def set_sampling_mode(model: nn.Module, mode: str = "sample", seeds: Sequence[in
 
 
 @contextmanager
-def sampling(model: nn.Module, mode: str = "sample", seeds: Sequence[int] | None = None) -> Iterator[SamplingState]:
+def sampling(
+    model: nn.Module,
+    mode: str = "sample",
+    seeds: Sequence[int] | None = None,
+    adapters: list[tuple[str, nn.Module, str, tuple[int, ...]]] | None = None,
+) -> Iterator[SamplingState]:
     """Context manager: sample (or use the mean) in every Bayesian layer of `model`, then restore the previous mode.
 
     Args:
         model (`nn.Module`): a model with Me-LoRA or BLoB layers.
         mode (`str`): `"sample"` or `"mean"`; works in train and eval mode alike.
         seeds (`Sequence[int]`, *optional*): one seed per batch row (see `set_sampling_mode`).
+        adapters (`list`, *optional*): `bayesian_adapters(model)`, if the caller keeps it (see `set_sampling_mode`).
 
     Yields:
         The `SamplingState` in force inside the block.
@@ -176,9 +189,10 @@ def sampling(model: nn.Module, mode: str = "sample", seeds: Sequence[int] | None
         >>> with sampling(model, "mean"):  # doctest: +SKIP
         ...     logits = model(input_ids).logits
     """
-    previous = [(module, module.__dict__.get(STATE_ATTR)) for _, module, _, _ in bayesian_adapters(model)]
+    adapters = bayesian_adapters(model) if adapters is None else adapters
+    previous = [(module, module.__dict__.get(STATE_ATTR)) for _, module, _, _ in adapters]
     try:
-        yield set_sampling_mode(model, mode, seeds)
+        yield set_sampling_mode(model, mode, seeds, adapters)
     finally:
         for module, state in previous:
             if state is None:

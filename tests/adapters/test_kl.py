@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import math
 
+import peft
 import pytest
 import torch
 
-from melora.adapters.kl import blob_kl, kl_divergence, melora_kl
-from tests.adapters.conftest import adapter_layers, tiny_peft
+from melora.adapters.kl import (
+    OMEGA_FLOOR,
+    blob_kl,
+    blob_kl_and_grads,
+    kl_divergence,
+    kl_divergence_with_grads,
+    melora_kl,
+    melora_kl_and_grads,
+)
+from tests.adapters.conftest import adapter_config, adapter_layers, tiny_base, tiny_peft
 
 
 def _random(r: int = 3, n: int = 5, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -122,3 +131,87 @@ def test_zero_when_no_layer_matches() -> None:
     assert kl_divergence(tiny_peft("lora")) == 0.0
     assert kl_divergence(tiny_peft("melora"), adapter_names="other") == 0.0
     assert isinstance(kl_divergence(tiny_peft("melora"), adapter_names=["default"]), torch.Tensor)
+
+
+def _autograd_grads(fn, *tensors: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    leaves = [t.detach().clone().requires_grad_(True) for t in tensors]
+    value = fn(*leaves)
+    return value.detach(), list(torch.autograd.grad(value, leaves))
+
+
+@pytest.mark.parametrize("variance", ["paper", "exact"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_melora_closed_form_grads_match_autograd(variance: str, dtype: torch.dtype) -> None:
+    g = torch.Generator().manual_seed(3)
+    layers, r, n = 4, 3, 5
+    m = torch.randn(layers, r, r, generator=g, dtype=dtype)
+    h = torch.rand(layers, r, r, generator=g, dtype=dtype) + 0.2
+    a = torch.randn(layers, r, n, generator=g, dtype=dtype)
+    a[0, 1, 2] = 0.0  # |A| at 0: autograd's sign(0) = 0
+    h[1, 0, 0] = 0.0  # Omega below the floor: the log term's gradient is cut
+    h[2, 1, 1] = 1e-7  # Omega = 1e-14, below the floor too
+
+    def summed(m_, h_, a_):
+        return sum(melora_kl(m_[i], h_[i], a_[i], 0.3, 0.2, variance) for i in range(layers))
+
+    expected, expected_grads = _autograd_grads(summed, m, h, a)
+    kl, grads = melora_kl_and_grads(m, h, a, prior_std=0.3, noise=0.2, variance=variance)
+    tol = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 1e-10, "atol": 1e-10}
+    torch.testing.assert_close(kl, expected, **tol)
+    for got, want, like in zip(grads, expected_grads, (m, h, a)):
+        assert got.shape == like.shape and got.dtype == like.dtype
+        torch.testing.assert_close(got, want, **tol)
+    assert grads[1][1, 0, 0] == 0.0 and OMEGA_FLOOR > 1e-14
+
+
+def test_melora_closed_form_rejects_unknown_variance() -> None:
+    m, h, a = _random()
+    with pytest.raises(ValueError, match="variance"):
+        melora_kl_and_grads(m, h, a, variance="upper")
+
+
+def test_blob_closed_form_grads_match_autograd_in_float64() -> None:
+    g = torch.Generator().manual_seed(4)
+    mu = torch.randn(3, 4, 6, generator=g)
+    rho = torch.rand(3, 4, 6, generator=g) * 0.2
+
+    def summed(mu_, rho_):
+        return sum(blob_kl(mu_[i], rho_[i].square(), prior_std=0.25) for i in range(3))
+
+    expected, expected_grads = _autograd_grads(summed, mu, rho)
+    kl, grads = blob_kl_and_grads(mu, rho, prior_std=0.25)
+    assert kl.dtype == torch.float64
+    torch.testing.assert_close(kl, expected.to(torch.float64))
+    for got, want in zip(grads, expected_grads):
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["melora", "blob"])
+def test_model_kl_with_grads_equals_autograd_over_layer_groups(kind: str) -> None:
+    # q/v and down_proj have A of different widths: two stacked groups per method
+    kwargs = {"prior_noise": True} if kind == "melora" else {}
+    config = adapter_config(kind, **kwargs)
+    config.target_modules = {"q_proj", "v_proj", "down_proj"}
+    model = peft.get_peft_model(tiny_base(), config)
+    widths = {m.lora_A["default"].weight.shape[1] for m in adapter_layers(model)}
+    assert len(widths) == 2
+    params = [p for n, p in model.named_parameters() if p.requires_grad and "lora_B" not in n]
+    expected = kl_divergence(model, noise=0.4)
+    expected_grads = torch.autograd.grad(expected, params)
+    total, grads = kl_divergence_with_grads(model, noise=0.4)
+    torch.testing.assert_close(total, expected.detach())
+    assert set(map(id, grads)) == set(map(id, params))  # every KL parameter, and no B
+    assert not total.requires_grad
+    layers = [m for m in model.modules() if getattr(m, "lora_variant", None)]
+    again, grads_again = kl_divergence_with_grads(model, noise=0.4, layers=layers)  # the training loop's call
+    torch.testing.assert_close(again, total)
+    assert all(torch.equal(grads_again[p], grads[p]) for p in params)
+    for p, want in zip(params, expected_grads):
+        torch.testing.assert_close(grads[p], want, rtol=1e-5, atol=1e-6)
+        grads[p].mul_(2.0)  # the training loop scales them in place by the KL weight
+
+
+def test_model_kl_with_grads_zero_when_no_layer_matches() -> None:
+    assert kl_divergence_with_grads(tiny_peft("lora")) == (0.0, {})
+    assert kl_divergence_with_grads(tiny_peft("melora"), adapter_names="other") == (0.0, {})
