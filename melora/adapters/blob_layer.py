@@ -55,6 +55,43 @@ def blob_apply_a(x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
     return torch.bmm(rows, a.transpose(1, 2)).reshape(*x.shape[:-1], a.shape[1])  # (batch, ..., r)
 
 
+class BlobSampledProduct(torch.autograd.Function):
+    """`x @ A_b^T` per row with `A_b = mu + rho^2 * eps_b`, without keeping the sampled `A_b` for the backward.
+
+    Autograd would keep every layer's `(batch, r, n)` sample until the backward reaches it; here the backward
+    recomputes it from `mu`, `rho` and the noise (which the sampling state holds anyway), so BLoB's extra activation
+    memory is the noise alone. Same numbers as `blob_apply_a(x, blob_sample_a(mu, rho, eps))`.
+
+    Backward, with `G = dL/dy` per row: `dL/dx = G A_b`, `dL/dA_b = G_b^T x_b`, `dL/dmu = sum_b dL/dA_b`,
+    `dL/drho = 2 rho * sum_b (dL/dA_b * eps_b)`.
+    """
+
+    @staticmethod
+    def forward(x: torch.Tensor, mean: torch.Tensor, rho: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """`x` `(batch, ..., n)`, `mean`/`rho` `(r, n)`, `noise` `(batch, r, n)` -> `(batch, ..., r)`."""
+        return blob_apply_a(x, blob_sample_a(mean, rho, noise))
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        ctx.save_for_backward(*inputs)
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, mean, rho, noise = ctx.saved_tensors
+        need_x, need_mean, need_rho = ctx.needs_input_grad[:3]
+        rows = grad_out.reshape(grad_out.shape[0], -1, grad_out.shape[-1])  # (batch, L, r)
+        grad_x = grad_mean = grad_rho = None
+        if need_x:
+            grad_x = torch.bmm(rows, blob_sample_a(mean, rho, noise)).reshape(x.shape)  # (batch, ..., n)
+        if need_mean or need_rho:
+            grad_a = torch.bmm(rows.transpose(1, 2), x.reshape(x.shape[0], -1, x.shape[-1]))  # (batch, r, n)
+            if need_mean:
+                grad_mean = grad_a.sum(0)
+            if need_rho:
+                grad_rho = 2.0 * rho * (grad_a * noise).sum(0)
+        return grad_x, grad_mean, grad_rho, None
+
+
 class BlobLinearVariant(BayesianLinearVariant):
     """BLoB as a PEFT LoRA variant of `nn.Linear` (extra parameter `lora_blob_rho`; the mean of A is `lora_A`)."""
 
@@ -108,8 +145,7 @@ class BlobLinearVariant(BayesianLinearVariant):
         if noise is None:
             h = lora_a(x)  # (batch, ..., r)
         else:
-            a = blob_sample_a(lora_a.weight, getattr(module, RHO_NAME)[active_adapter], noise)  # (batch, r, n)
-            h = blob_apply_a(x, a)  # (batch, ..., r)
+            h = BlobSampledProduct.apply(x, lora_a.weight, getattr(module, RHO_NAME)[active_adapter], noise)
         return result + module.lora_B[active_adapter](h) * module.scaling[active_adapter]
 
 

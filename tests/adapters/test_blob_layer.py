@@ -9,7 +9,13 @@ import pytest
 import torch
 
 from melora.adapters.blob_config import BlobConfig
-from melora.adapters.blob_layer import BlobLinear, BlobLinearVariant, blob_apply_a, blob_sample_a
+from melora.adapters.blob_layer import (
+    BlobLinear,
+    BlobLinearVariant,
+    BlobSampledProduct,
+    blob_apply_a,
+    blob_sample_a,
+)
 from melora.adapters.sampling import sampling
 from tests.adapters.conftest import adapter_layers, tiny_base, tiny_peft
 
@@ -75,3 +81,20 @@ def test_merge_equals_mean_mode(input_ids: torch.Tensor) -> None:
 def test_config_validation(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         BlobConfig(r=4, target_modules=["q_proj"], **kwargs)
+
+
+def test_sampled_product_gradients_match_autograd() -> None:
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(3, 4, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    mean = torch.randn(2, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    rho = torch.rand(2, 6, generator=g, dtype=torch.float64).requires_grad_(True)
+    eps = torch.randn(3, 2, 6, generator=g, dtype=torch.float64)
+    assert torch.autograd.gradcheck(BlobSampledProduct.apply, (x, mean, rho, eps))
+    out = BlobSampledProduct.apply(x, mean, rho, eps)
+    expected = blob_apply_a(x, blob_sample_a(mean, rho, eps))
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    weights = torch.randn(out.shape, generator=g, dtype=torch.float64)
+    got = torch.autograd.grad((out * weights).sum(), (x, mean, rho))
+    want = torch.autograd.grad((expected * weights).sum(), (x, mean, rho))
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b)
