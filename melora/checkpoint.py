@@ -4,10 +4,14 @@
 `.<name>.old`, the new one renamed to `target`, and the old one deleted. A kill at any moment leaves either the
 previous complete directory or the new complete one (`recover` puts `.old` back when the kill fell between the two
 renames); a partial directory is only ever the temporary one.
+
+Files written inside get the modes the user's umask gives new files (`safetensors` creates its files 0600, which
+would hide adapters and checkpoints from the rest of a lab's group).
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -41,9 +45,20 @@ def atomic_directory(target: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    _apply_umask(tmp)
     old = _old(target)
     shutil.rmtree(old, ignore_errors=True)
     if target.exists():
         target.rename(old)
     tmp.rename(target)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _apply_umask(root: Path) -> None:
+    """Give `root` and everything under it the modes of a fresh file (0666) or directory (0777) under the umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    root.chmod(0o777 & ~umask)
+    for path in root.rglob("*"):
+        if not path.is_symlink():
+            path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
