@@ -19,7 +19,7 @@ once (`melora_kl_and_grads`, `blob_kl_and_grads` take stacked `(L, ...)` tensors
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -201,24 +201,13 @@ def kl_divergence_with_grads(
         The float32 KL, detached (`0.0` if no layer matches), and a dict mapping each parameter to its gradient (same
         shape and dtype; free to modify in place).
     """
-    if isinstance(adapter_names, str):
-        adapter_names = [adapter_names]
     groups: dict[tuple[Any, ...], tuple[type[BayesianLinearVariant], Any, list[tuple[torch.Tensor, ...]]]] = {}
-    for module in model.modules() if layers is None else dict.fromkeys(layers):  # each layer once
-        variants = getattr(module, "lora_variant", None)
-        if not variants:
-            continue
-        names = module.active_adapters if adapter_names is None else adapter_names
-        for name in names:
-            variant = variants.get(name)
-            if not isinstance(variant, BayesianLinearVariant):
-                continue
-            config = getattr(module, CONFIG_ATTR)[name]
-            if noise is None and getattr(config, "prior_noise", False):
-                noise = float(torch.rand(()))
-            tensors = variant.kl_tensors(module, name)
-            key = (type(variant), id(config), *((t.shape, t.dtype, t.device) for t in tensors))
-            groups.setdefault(key, (type(variant), config, []))[2].append(tensors)
+    modules = model.modules() if layers is None else dict.fromkeys(layers)  # each layer once
+    for module, name, variant, config in _bayesian_adapters(modules, adapter_names):
+        noise = _prior_noise(noise, config)
+        tensors = variant.kl_tensors(module, name)
+        key = (type(variant), id(config), *((t.shape, t.dtype, t.device) for t in tensors))
+        groups.setdefault(key, (type(variant), config, []))[2].append(tensors)
     total: torch.Tensor | float = 0.0
     grads: dict[torch.Tensor, torch.Tensor] = {}
     with torch.no_grad():  # no graph: the gradients are the formulas' outputs
@@ -249,20 +238,33 @@ def kl_divergence(
     Returns:
         A float32 scalar tensor, or `0.0` if no layer matches.
     """
+    total: torch.Tensor | float = 0.0
+    for module, name, variant, config in _bayesian_adapters(model.modules(), adapter_names):
+        noise = _prior_noise(noise, config)
+        term = variant.kl(module, name, 0.0 if noise is None else noise)
+        total = total + term.to(torch.float32)
+    return total
+
+
+def _bayesian_adapters(
+    modules: Iterable[nn.Module], adapter_names: str | Sequence[str] | None
+) -> Iterator[tuple[nn.Module, str, BayesianLinearVariant, Any]]:
+    """`(layer, adapter name, variant, config)` of each Me-LoRA/BLoB adapter in `modules`: `adapter_names`, or each
+    layer's active adapters."""
     if isinstance(adapter_names, str):
         adapter_names = [adapter_names]
-    total: torch.Tensor | float = 0.0
-    for module in model.modules():
+    for module in modules:
         variants = getattr(module, "lora_variant", None)
         if not variants:
             continue
-        names = module.active_adapters if adapter_names is None else adapter_names
-        for name in names:
+        for name in module.active_adapters if adapter_names is None else adapter_names:
             variant = variants.get(name)
-            if not isinstance(variant, BayesianLinearVariant):
-                continue
-            if noise is None and getattr(getattr(module, CONFIG_ATTR)[name], "prior_noise", False):
-                noise = float(torch.rand(()))
-            term = variant.kl(module, name, 0.0 if noise is None else noise)
-            total = total + term.to(torch.float32)
-    return total
+            if isinstance(variant, BayesianLinearVariant):
+                yield module, name, variant, getattr(module, CONFIG_ATTR)[name]
+
+
+def _prior_noise(noise: float | None, config: Any) -> float | None:
+    """The call's prior-std noise: drawn from U(0, 1) at the first adapter that uses it, if the caller gave none."""
+    if noise is None and getattr(config, "prior_noise", False):
+        return float(torch.rand(()))
+    return noise
