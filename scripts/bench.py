@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     base = TrainConfig(
         task=args.task,
         model=model,
+        answer_format=args.answer_format,
         batch_size=args.batch_size,
         max_length=args.max_length,
         max_steps=args.warmup + max(args.steps, args.memory_steps),

@@ -40,6 +40,8 @@ def test_bench_writes_every_field(tmp_path, embedded_model_path):
             "2",
             "--max-length",
             "64",
+            "--answer-format",
+            "cloze",
         ],
         env={**os.environ, "MELORA_DATA_DIR": str(data)},
         capture_output=True,
@@ -49,8 +51,9 @@ def test_bench_writes_every_field(tmp_path, embedded_model_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
     train = result["train"]
-    for name in ("lora", "melora", "blob", "lora_cloze"):
+    for name in ("lora", "melora", "blob", "lora_letters"):
         r = train[name]
+        assert r["answer_format"] == ("letters" if name == "lora_letters" else "cloze")
         fields = {"step_s_median", "peak_memory_bytes", "peak_rss_bytes", "trainable_params", "adapter_file_bytes"}
         assert fields <= set(r)
         assert len(r["step_s"]) == 2 and r["trainable_params"] > 0
@@ -64,7 +67,7 @@ def test_bench_writes_every_field(tmp_path, embedded_model_path):
             "peak_rss_ratio_to_lora",
             "adapter_file_ratio_to_lora",
         } <= set(train[name])
-    assert "step_time_ratio_to_lora" in train["lora_cloze"]
+    assert "step_time_ratio_to_lora" in train["lora_letters"]
     files = train["adapter_file_llama2_7b"]
     # LoRA on q, v of 32 layers, r = 8: 32 x 2 x 8 x (4096 + 4096) fp32 numbers, plus the safetensors header
     assert 4 * 32 * 2 * 8 * 8192 < files["bytes"]["lora"] < 4 * 32 * 2 * 8 * 8192 + 65536
