@@ -221,6 +221,17 @@ class Trainer:
                 f"            SGD(lr={cfg.kl_lr}) on {cfg.kl_weight}-weighted KL updates "
                 f"{self.param_groups['kl (SGD)']}"
             )
+            if cfg.kl_weight == "blundell" and cfg.max_steps < self.steps_per_epoch:
+                largest = max(
+                    kl_weight(s, "blundell", self.steps_per_epoch, len(self.train_examples))
+                    for s in range(cfg.max_steps)
+                )
+                acc.print(
+                    f"note: --kl-weight blundell puts an epoch's KL weight on its last steps; this run stops after "
+                    f"{cfg.max_steps} of a {self.steps_per_epoch}-step epoch, so the weight never exceeds "
+                    f"{largest:.1e} and the KL barely trains. --kl-weight uniform weighs every step "
+                    f"1/{len(self.train_examples)}."
+                )
         self.kl_params = [p for _, p in kl_params]
         self.model, self.optimizer = acc.prepare(self.model, self.optimizer)
         if self.kl_optimizer is not None:

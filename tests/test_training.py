@@ -133,6 +133,23 @@ def test_kl_step_is_sgd_on_the_autograd_gradient_of_the_weighted_kl(method, tmp_
     assert any(g.abs().sum() > 0 for g in grads)
 
 
+def test_a_run_shorter_than_an_epoch_says_the_blundell_kl_weight_stays_tiny(
+    tmp_path, tiny_model_dir, synthetic_data, capsys
+):
+    def trainer(name: str, **overrides):
+        cfg = _config(tmp_path, tiny_model_dir, train_limit=16, output_dir=str(tmp_path / name), **overrides)
+        return training.Trainer(cfg)
+
+    short = trainer("short", max_steps=2)  # of a 4-step epoch
+    short._setup()
+    assert "the weight never exceeds 1.3e-01" in capsys.readouterr().out  # 2^2 / (2^5 - 1)
+    uniform = trainer("uniform", max_steps=2, kl_weight="uniform")
+    uniform._setup()
+    full = trainer("full", max_steps=4)
+    full._setup()
+    assert "never exceeds" not in capsys.readouterr().out
+
+
 def test_kill_and_resume_equals_an_uninterrupted_run(tmp_path, tiny_model_dir, synthetic_data, monkeypatch):
     common = dict(max_steps=6, eval_every=2, dropout=0.1, train_limit=8)
     straight = _config(tmp_path / "a", tiny_model_dir, **common)
