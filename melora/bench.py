@@ -99,8 +99,13 @@ def measure_training_memory(cfg: TrainConfig, steps: int, warmup: int) -> dict[s
         torch.cuda.synchronize()
         peak, kind = torch.cuda.max_memory_allocated(), "cuda max_memory_allocated"
     else:
-        peak = max(_cpu_step_peak_bytes(trainer, step) for step in range(warmup, warmup + steps))
-        kind = "peak CPU tensor bytes (held between steps + profiled peak of a step)"
+        try:
+            peak = max(_cpu_step_peak_bytes(trainer, step) for step in range(warmup, warmup + steps))
+            kind = "peak CPU tensor bytes (held between steps + profiled peak of a step)"
+        except (ImportError, AttributeError):  # a torch whose profiler lacks the event tree: fall back to RSS
+            for step in range(warmup, warmup + steps):
+                trainer._step(step)
+            peak, kind = _peak_rss_bytes(), "peak RSS of the process (this torch's profiler has no event tree)"
     with tempfile.TemporaryDirectory() as tmp:
         trainer.unwrapped.save_pretrained(tmp)
         adapter_bytes = (Path(tmp) / "adapter_model.safetensors").stat().st_size
