@@ -6,10 +6,9 @@ Examples:
 
 Prints a table and writes every measurement to --json. Step times come from one process that holds every compared
 method's model (four copies of the base: 54 GB for Llama-2-7B in bf16) and interleaves their steps; memory from one
-fresh process per method. On a GPU the base model runs in bf16 at the paper's batch
-size (4) and sequence budget (300); on CPU the embedded model in fp32. Targets (issue 8): Me-LoRA step <= 1.05x
-LoRA, BLoB <= 1.15x, peak memory <= 1.01x; Me-LoRA adapter file <= 1.01x; melora eval at samples=1 <= 1.05x hf,
-at samples=S <= 1.05 x S x hf.
+fresh process per method. On a GPU the base model runs in bf16 at the paper's batch size (4) and sequence budget
+(300); on CPU the embedded model in fp32. Targets: Me-LoRA step <= 1.05x LoRA, BLoB <= 1.15x, peak memory <= 1.01x;
+Me-LoRA adapter file <= 1.01x; melora eval at samples=1 <= 1.05x hf, at samples=S <= 1.05 x S x hf.
 """
 
 from __future__ import annotations
