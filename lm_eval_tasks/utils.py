@@ -20,6 +20,7 @@ written to the `--log_samples` files, which `melora report` reads.
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +28,24 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import datasets
     from transformers import PreTrainedTokenizerBase
+
+
+class _CustomKwargsHint(logging.Filter):
+    """Drop lm-eval's per-task hint about passing custom-dataset kwargs through `--metadata`, for our tasks only.
+
+    lm-eval logs it as a warning for every task built from a `custom_dataset`, whatever its config; ours take
+    nothing from `--metadata` (the model_args reach `load_test_split` by themselves), so six tasks meant six
+    warnings that asked the user for nothing.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (message.startswith("melora_") and ": Custom kwargs can be passed to `--metadata`" in message)
+
+
+_TASK_LOGGER = logging.getLogger("lm_eval.api.task")
+if not any(type(f).__name__ == "_CustomKwargsHint" for f in _TASK_LOGGER.filters):  # lm-eval may load this twice
+    _TASK_LOGGER.addFilter(_CustomKwargsHint())
 
 
 def load_test_split(

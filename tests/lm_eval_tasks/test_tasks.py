@@ -121,3 +121,16 @@ def test_cloze_norm_process_results_scales_log_likelihoods_by_answer_length():
     assert out["brier"][1] == pytest.approx([1 / (1 + math.e), math.e / (1 + math.e)])
     plain = utils.process_results({"gold": 1}, [(-4.0, False), (-20.0, False)])
     assert plain["acc"] == 0.0
+
+
+def test_lm_evals_custom_kwargs_hint_is_dropped_for_our_tasks_only(caplog, embedded_model_path):
+    import logging
+
+    from lm_eval.tasks import TaskManager, get_task_dict
+
+    tm = TaskManager(include_path=str(TASKS_DIR), include_defaults=False)
+    with caplog.at_level(logging.WARNING, logger="lm_eval.api.task"):
+        get_task_dict(["melora_mmlu_chem"], tm)  # builds the task: lm-eval logs the hint as it loads the dataset
+        logging.getLogger("lm_eval.api.task").warning("other_task: Custom kwargs can be passed to `--metadata` ...")
+    hints = [r.getMessage() for r in caplog.records if "Custom kwargs" in r.getMessage()]
+    assert hints == ["other_task: Custom kwargs can be passed to `--metadata` ..."]
