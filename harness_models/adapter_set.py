@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -134,18 +132,3 @@ def lora_dropout_rate(model: nn.Module) -> float:
         if hasattr(module, "lora_dropout")
     ]
     return max(rates, default=0.0)
-
-
-@contextmanager
-def lora_dropout_active(model: nn.Module) -> Iterator[None]:
-    """Switch every LoRA dropout module to training mode (MC dropout) for the block; restore afterwards."""
-    switched = []
-    for module in model.modules():
-        for dropout in getattr(module, "lora_dropout", {}).values() if hasattr(module, "lora_dropout") else ():
-            switched.append((dropout, dropout.training))
-            dropout.train()
-    try:
-        yield
-    finally:
-        for dropout, was_training in switched:
-            dropout.train(was_training)

@@ -60,11 +60,11 @@ from harness_models import laplace as lap  # LAP route (harness_models.laplace)
 from harness_models.adapter_set import (
     AdapterSet,
     load_adapter_set,
-    lora_dropout_active,
     lora_dropout_rate,
     resolve_adapter,
 )
 from melora.errors import MeloraError, MeloraWarning
+from melora.evaluation import lora_dropout_active
 from melora.predictive import AVERAGES
 
 
