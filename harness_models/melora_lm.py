@@ -36,10 +36,9 @@ model_args (all scalars; anything else is refused by name):
 - every named argument of lm-eval's `HFLM` (`dtype`, `max_length`, `tokenizer`, ...), except `peft`, which would load
   an adapter as plain LoRA.
 
-Reproducibility by kind: Me-LoRA and BLoB draw their samples from per-row seeded generators (batch-size independent);
-MC dropout draws its masks from torch's RNG, re-seeded at every forward from the seeds of the rows it holds, so a run
-is repeatable at a fixed `--batch_size` but its masks change with the batch composition; plain LoRA and `samples=0`
-are deterministic. Generation requests (`generate_until`) use the posterior mean.
+Reproducibility by kind: Me-LoRA and BLoB draw their samples from per-row seeded generators, and MC dropout its masks
+from a hash of the same row seeds (`melora.mc_dropout`), so all three give the same numbers at any `--batch_size`;
+plain LoRA and `samples=0` are deterministic. Generation requests (`generate_until`) use the posterior mean.
 """
 
 from __future__ import annotations
@@ -48,7 +47,7 @@ import hashlib
 import inspect
 import math
 import warnings
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -64,12 +63,11 @@ from harness_models.adapter_set import (
     resolve_adapter,
 )
 from melora.errors import MeloraError, MeloraWarning
-from melora.evaluation import lora_dropout_active
 from melora.predictive import AVERAGES
 
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Sequence
+    from collections.abc import Sequence
 
 MELORA_ARGS = ("pretrained", "adapter", "samples", "average", "seed", "mc_dropout")
 DEFAULT_SAMPLES = 10
@@ -374,7 +372,7 @@ class MeloraLM(HFLM):
             from melora.adapters.sampling import sample_seeds
 
             seeds = sample_seeds(self._doc_seeds(inps), 1)  # row r is the only pass of document r
-            with self._dropout_rng(inps.device, seeds, active=self.mc_dropout):
+            with self._mc_dropout(seeds, active=self.mc_dropout):
                 with sampling(self.model, mode, seeds=seeds if mode == "sample" else None):
                     return super()._model_call(inps, attn_mask, labels)  # (B, L, V) logits
         n_passes = max(self.samples, 1)
@@ -406,7 +404,7 @@ class MeloraLM(HFLM):
             rows = list(range(start, min(start + per_forward, n_rows)))
             docs = torch.tensor([r // n_passes for r in rows], device=inps.device)
             chunk_seeds = [row_seeds[r] for r in rows]
-            with self._dropout_rng(inps.device, chunk_seeds, active=self.mc_dropout and stochastic):
+            with self._mc_dropout(chunk_seeds, active=self.mc_dropout and stochastic):
                 with sampling(self.model, mode, seeds=chunk_seeds if mode == "sample" else None):
                     logits = super()._model_call(inps[docs])  # (R, L, V)
             log_probs = torch.log_softmax(logits.float(), dim=-1)  # (R, L, V)
@@ -419,16 +417,11 @@ class MeloraLM(HFLM):
                 )
         return total
 
-    @contextmanager
-    def _dropout_rng(self, device: torch.device, chunk_seeds: list[int], active: bool) -> Iterator[None]:
-        """MC dropout for one forward: LoRA dropout on, torch's RNG seeded from the rows' seeds, then restored."""
-        if not active:
-            yield
-            return
-        cuda = [device] if device.type == "cuda" else []
-        with torch.random.fork_rng(devices=cuda), lora_dropout_active(self.model):
-            torch.manual_seed(doc_seed(self.seed, chunk_seeds))  # masks repeatable for this batch composition
-            yield
+    def _mc_dropout(self, chunk_seeds: list[int], active: bool) -> AbstractContextManager:
+        """MC dropout for one forward, each row's masks keyed by its seed (`melora.mc_dropout`), if `active`."""
+        from melora.mc_dropout import seeded_lora_dropout
+
+        return seeded_lora_dropout(self.model, chunk_seeds) if active else nullcontext()
 
     def _model_generate(self, *args: Any, **kwargs: Any) -> torch.Tensor:
         """Generation with the posterior mean (MC averaging applies to log-likelihood requests)."""

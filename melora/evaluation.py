@@ -8,8 +8,8 @@ repeated `S` times in one batched forward, sample `s` of a question drawing its 
 `row_seed(stable_seed(seed, doc_id), s)`, and the `S` choice distributions are averaged (`average`, default the
 posterior predictive `probs`). The numbers therefore depend on the seed and the documents only, not on the batch
 size. `samples = 0` evaluates the posterior mean. With `mc_dropout`, the LoRA dropout layers stay active and the
-`S` passes differ by their dropout masks (drawn from torch's RNG, seeded per batch: reproducible for a fixed batch
-size only).
+`S` passes differ by their dropout masks, keyed by the same row seeds (`melora.mc_dropout`): batch-size independent
+too.
 
 Multi-token answers (the cloze format): the posterior predictive of a choice is the mean over samples of that
 sample's probability of the whole answer text, `log mean_s exp(sum_t log p_s(token_t))`, then normalised over the
@@ -24,8 +24,8 @@ coincide).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from collections.abc import Sequence
+from contextlib import ExitStack
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -36,7 +36,7 @@ from melora.cloze_readout import ClozeBatch, choice_sequence_log_probs
 from melora.metrics import normalise_log_likelihoods, summarize
 from melora.predictive import average_log_probs
 from melora.protocol import choice_score_scale
-from melora.readout import choice_log_probs, collate_examples
+from melora.readout import ChoiceBatch, choice_log_probs, collate_examples
 from melora.seeding import stable_seed
 
 
@@ -55,20 +55,6 @@ def has_bayesian_layers(model: torch.nn.Module) -> bool:
     from melora.adapters.sampling import bayesian_adapters
 
     return bool(bayesian_adapters(model))
-
-
-@contextmanager
-def lora_dropout_active(model: torch.nn.Module) -> Iterator[None]:
-    """Keep the LoRA dropout layers in training mode (MC dropout) inside the block; restore them after."""
-    dropouts = [m for name, m in model.named_modules() if "lora_dropout" in name and isinstance(m, torch.nn.Dropout)]
-    previous = [m.training for m in dropouts]
-    try:
-        for m in dropouts:
-            m.train()
-        yield
-    finally:
-        for m, was in zip(dropouts, previous):
-            m.train(was)
 
 
 @torch.no_grad()
@@ -122,22 +108,20 @@ def predict_log_likelihoods(
     starts = range(0, len(examples), per_call)
     bar = tqdm(starts, desc=progress if isinstance(progress, str) else "scoring", disable=not progress, leave=False)
     try:
-        with lora_dropout_active(model) if mc_dropout else nullcontext():
-            for start in bar:
-                chunk = examples[start : start + per_call]
-                batch = collate_examples(chunk, tokenizer).to(device)
-                log_liks = _sampled_log_probs(
-                    model,
-                    batch,
-                    doc_seeds[start : start + per_call],
-                    n_samples,
-                    seed,
-                    bayesian and samples > 0,
-                    bayesian,
-                    start,
-                )  # (B * S, K)
-                averaged = average_log_probs(log_liks.view(len(chunk), n_samples, -1), average, dim=1).cpu()  # (B, K)
-                out += [row[: len(ex.answers)].numpy() for row, ex in zip(averaged, chunk)]
+        for start in bar:
+            chunk = examples[start : start + per_call]
+            batch = collate_examples(chunk, tokenizer).to(device)
+            log_liks = _sampled_log_probs(
+                model,
+                batch,
+                doc_seeds[start : start + per_call],
+                n_samples,
+                sample=bayesian and samples > 0,
+                bayesian=bayesian,
+                mc_dropout=mc_dropout and samples > 0,
+            )  # (B * S, K)
+            averaged = average_log_probs(log_liks.view(len(chunk), n_samples, -1), average, dim=1).cpu()  # (B, K)
+            out += [row[: len(ex.answers)].numpy() for row, ex in zip(averaged, chunk)]
     finally:
         model.train(was_training)
     return out
@@ -159,29 +143,37 @@ def predict_probs(
     return [normalise_log_likelihoods(ll * np.asarray(choice_score_scale(ex))) for ll, ex in zip(lls, examples)]
 
 
-def _sampled_log_probs(model, batch, doc_seeds, n_samples, seed, sample, bayesian, start) -> torch.Tensor:
+def _sampled_log_probs(
+    model: PreTrainedModel,
+    batch: ChoiceBatch | ClozeBatch,
+    doc_seeds: Sequence[int],
+    n_samples: int,
+    *,
+    sample: bool,
+    bayesian: bool,
+    mc_dropout: bool,
+) -> torch.Tensor:
     """(B * S, K) per-sample answer log-likelihoods, not normalised over the choices; rows doc-major, sample `s` of
     doc `b` at row `b * S + s`.
 
     Letters: the answer token's full-vocabulary log-probability. Cloze: the summed log-likelihood of the answer's
-    tokens, one packed row per (question, sample), so the row's seed gives one weight sample to the prompt and every
-    choice. Either way the samples are averaged first and the choices normalised after, which is lm-eval's order
-    (the `melora` lm-eval model computes the same numbers).
+    tokens, one packed row per (question, sample), so the row's seed gives one weight sample (and one set of MC
+    dropout masks) to the prompt and every choice. Either way the samples are averaged first and the choices
+    normalised after, which is lm-eval's order (the `melora` lm-eval model computes the same numbers).
     """
+    from melora.adapters.sampling import sample_seeds, sampling
+    from melora.mc_dropout import seeded_lora_dropout
+
     if n_samples > 1:
         batch = batch.repeat_rows(n_samples)
-    if sample:
-        from melora.adapters.sampling import sample_seeds, sampling
-
-        context = sampling(model, "sample", seeds=sample_seeds(list(doc_seeds), n_samples))
-    elif bayesian:
-        from melora.adapters.sampling import sampling
-
-        context = sampling(model, "mean")
-    else:
-        torch.manual_seed(stable_seed(seed, "dropout", start))
-        context = nullcontext()
-    with context:
+    row_seeds = sample_seeds(list(doc_seeds), n_samples)
+    with ExitStack() as stack:
+        if sample:
+            stack.enter_context(sampling(model, "sample", seeds=row_seeds))
+        elif bayesian:
+            stack.enter_context(sampling(model, "mean"))
+        if mc_dropout:
+            stack.enter_context(seeded_lora_dropout(model, row_seeds))
         if isinstance(batch, ClozeBatch):
             return choice_sequence_log_probs(model, batch)
         return choice_log_probs(model, batch, normalise=False)

@@ -99,3 +99,30 @@ def test_cloze_posterior_mean_and_metrics(bayesian_model):
         np.testing.assert_allclose(probs, torch.stack(lls).softmax(0).numpy(), atol=1e-5, rtol=0)
     metrics = evaluate_examples(bayesian_model, tok, EXAMPLES, samples=SAMPLES, seed=SEED)
     assert metrics["n"] == 3 and 0 <= metrics["acc"] <= 1 and metrics["nll"] > 0
+
+
+def test_mc_dropout_scores_do_not_depend_on_the_batch_size():
+    import peft
+
+    from tests.adapters.conftest import tiny_base
+
+    config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.4)
+    model = peft.get_peft_model(tiny_base(seed=3), config)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=1.0)
+        model.get_output_embeddings().weight.mul_(HEAD_SCALE)
+    model.eval()
+    tok = CharTokenizer()
+    kwargs = dict(samples=SAMPLES, seed=SEED, mc_dropout=True)
+    one = predict_probs(model, tok, EXAMPLES, batch_size=1, **kwargs)
+    many = predict_probs(model, tok, EXAMPLES, batch_size=64, **kwargs)
+    for a, b in zip(one, many):
+        np.testing.assert_allclose(a, b, atol=1e-6, rtol=0)
+    deterministic = predict_probs(model, tok, EXAMPLES, batch_size=64, samples=SAMPLES, seed=SEED)
+    other_seed = predict_probs(model, tok, EXAMPLES, batch_size=64, samples=SAMPLES, seed=SEED + 1, mc_dropout=True)
+    assert any(np.abs(a - b).max() > 1e-4 for a, b in zip(many, deterministic))
+    assert any(np.abs(a - b).max() > 1e-4 for a, b in zip(many, other_seed))
+    assert not any(m.training for m in model.modules())  # left in eval mode, dropout modules included

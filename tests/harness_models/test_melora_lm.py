@@ -199,11 +199,17 @@ def test_ensemble_averages_member_probabilities(tiny_dirs, embedded_model_path, 
         _lm(tiny_dirs, embedded_model_path, adapter=str(tmp_path))
 
 
-def test_mc_dropout_is_stochastic_and_repeatable(tiny_dirs, embedded_model_path):
+def test_mc_dropout_is_stochastic_and_repeatable_at_any_batch_size(tiny_dirs, embedded_model_path):
     lm = _lm(tiny_dirs, embedded_model_path, adapter=tiny_dirs["lora"], samples=4, mc_dropout=True)
     inps = torch.randint(0, TINY["vocab_size"], (2, 6), generator=torch.Generator().manual_seed(4))
     first, second = lm._model_call(inps), lm._model_call(inps)
     torch.testing.assert_close(first, second)
+    for batch_size in (1, 3, 8):  # the 8 passes split into forwards of 1, 3 (uneven) or 8 rows
+        lm.batch_size_per_gpu = batch_size
+        torch.testing.assert_close(lm._model_call(inps), first, rtol=1e-5, atol=1e-5)
+    lm.seed = 1
+    assert not torch.allclose(lm._model_call(inps), first, atol=1e-4)
+    lm.seed = 0
     lm.samples, lm.mc_dropout = 0, False
     assert not torch.allclose(torch.log_softmax(lm._model_call(inps), dim=-1), first, atol=1e-4)
 
