@@ -3,9 +3,10 @@
 torch's dropout draws from the global RNG, so a mask depends on everything drawn before it: an MC-dropout evaluation
 then changes with the batch size, the order of the documents and the device. Here the keep/drop decision of element
 `i` (flat index over the row's `(tokens, features)`) of batch row `b` in the `l`-th LoRA dropout layer of the model is
-the `i`-th output of a splitmix64 stream keyed by `(seeds[b], l)`, computed in int64 tensor arithmetic (the same bits
-on CPU and CUDA) and compared with `p`; kept elements are scaled by `1 / (1 - p)` like `nn.Dropout`. Rows are right-
-padded everywhere in this project and in lm-eval, so a token's position, hence its mask, is the same in any batch.
+a 16-bit word of a splitmix64 stream keyed by `(seeds[b], l)` (see `keep_mask`), computed in int64 tensor arithmetic
+(the same bits on CPU and CUDA) and compared with `p`; kept elements are scaled by `1 / (1 - p)` like `nn.Dropout`.
+Rows are right-padded everywhere in this project and in lm-eval, so a token's position, hence its mask, is the same
+in any batch.
 
 Row `b`'s seed is the same per-(document, sample) seed the Bayesian adapters use (`melora.adapters.sampling`), so MC
 dropout, Me-LoRA and BLoB evaluations are reproducible in the same way.
@@ -29,7 +30,7 @@ from torch import nn
 _GOLDEN = 0x9E3779B97F4A7C15 - 2**64
 _MIX1 = 0xBF58476D1CE4E5B9 - 2**64
 _MIX2 = 0x94D049BB133111EB - 2**64
-_UNIT_BITS = 53  # the keep test compares the top 53 bits of each output with p * 2^53
+_WORDS = 4  # 16-bit words per 64-bit output: four keep decisions per hash
 
 
 def _shift_right(x: torch.Tensor, bits: int) -> torch.Tensor:
@@ -45,8 +46,11 @@ def _mix(z: torch.Tensor) -> torch.Tensor:
 
 
 def keep_mask(row_seeds: torch.Tensor, layer: int, shape: Sequence[int], p: float) -> torch.Tensor:
-    """Boolean keep mask `(len(row_seeds), *shape)`: element `i` of row `b` is kept iff output `i` of the splitmix64
-    stream keyed by `(row_seeds[b], layer)` is at least `p` (as a fraction of 2^64).
+    """Boolean keep mask `(len(row_seeds), *shape)` of the rows keyed by `(row_seeds[b], layer)`.
+
+    Output `k` (from 1) of the splitmix64 stream keyed by `(row_seeds[b], layer)` decides elements `4k-4 .. 4k-1` of
+    row `b`: element `i` is kept iff 16-bit word `i % 4` of output `i // 4 + 1` (least significant first) is at least
+    `round(p * 2^16)`, i.e. `p` to within 2^-17. Four decisions per hash keep the cost near torch's own dropout.
 
     Args:
         row_seeds (`torch.Tensor`): int64 `(B,)`, on the device the mask is wanted on.
@@ -57,11 +61,14 @@ def keep_mask(row_seeds: torch.Tensor, layer: int, shape: Sequence[int], p: floa
     numel = 1
     for d in shape:
         numel *= d
+    n_outputs = -(-numel // _WORDS)
     keys = _mix(_mix(row_seeds * _GOLDEN + layer) + _GOLDEN)  # (B,)
-    index = torch.arange(1, numel + 1, dtype=torch.int64, device=row_seeds.device)  # (N,): stream positions 1..N
-    outputs = _mix(keys[:, None] + index[None, :] * _GOLDEN)  # (B, N)
-    threshold = round(p * 2**_UNIT_BITS)
-    return (_shift_right(outputs, 64 - _UNIT_BITS) >= threshold).view(len(row_seeds), *shape)
+    index = torch.arange(1, n_outputs + 1, dtype=torch.int64, device=row_seeds.device)  # stream positions
+    outputs = _mix(keys[:, None] + index[None, :] * _GOLDEN)  # (B, ceil(N / 4)) int64
+    # the four 16-bit words of each output, least significant first, as unsigned values
+    words = torch.stack([_shift_right(outputs, 16 * w) & 0xFFFF for w in range(_WORDS)], dim=-1)  # (B, ceil(N/4), 4)
+    words = words.view(len(row_seeds), -1)[:, :numel]  # (B, N)
+    return (words >= round(p * 2**16)).view(len(row_seeds), *shape)
 
 
 def _seeded_dropout_hook(

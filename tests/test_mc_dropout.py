@@ -24,8 +24,9 @@ def _keep_reference(seed: int, layer: int, index: int, p: float) -> bool:
     """Element `index` of the row keyed by `(seed, layer)`, with Python's unbounded integers."""
     golden = 0x9E3779B97F4A7C15
     key = _mix_reference((_mix_reference((seed * golden + layer) & MASK64) + golden) & MASK64)
-    output = _mix_reference((key + (index + 1) * golden) & MASK64)
-    return (output >> 11) >= round(p * 2**53)
+    output = _mix_reference((key + (index // 4 + 1) * golden) & MASK64)
+    word = (output >> (16 * (index % 4))) & 0xFFFF
+    return word >= round(p * 2**16)
 
 
 def test_keep_mask_is_splitmix64_bit_for_bit():
