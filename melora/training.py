@@ -11,8 +11,8 @@ One step, for a global batch of `--batch-size` questions split over the processe
 2. KL (Bayesian methods): `SGD` (lr `--kl-lr`, same schedule shape) steps on `kl_weight(step) * KL` and updates
    **only the parameters the KL depends on** (Me-LoRA: A, M, H; BLoB: A, rho), with the KL's gradients in closed
    form (`melora.adapters.kl.kl_divergence_with_grads`, tested against autograd), so the NLL's gradients never leak
-   into it. BLoB's own code gets this wrong by accident
-   (its AdamW is built before rho exists, so rho is trained only by SGD); here both groups are explicit and logged.
+   into it. BLoB's own code gets this wrong by accident (its AdamW is built before rho exists, so rho is trained only
+   by SGD); here both groups are explicit and logged.
 
 Every draw is seeded from `(seed, step, question)` (`melora.seeding`): posterior samples per question, dropout per
 step and process, the KL's prior noise per step. A run is therefore the same whatever the number of processes
